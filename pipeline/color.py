@@ -1,0 +1,161 @@
+"""YCbCr <-> RGB (BT.601 / BT.709, limited or full range, any bit depth) and luma passthrough.
+
+Conventions: ``y`` is luma normalised to [0, 1] (float32), ``chroma`` is (2, H, W) float32
+Cb, Cr in [-0.5, 0.5], ``rgb`` is (H, W, 3) float32 gamma-encoded R'G'B' in [0, 1]. Integer
+"codes" are the values stored in the file at ``bit_depth`` bits: limited ("tv") range puts
+black..white at 16..235 and chroma at 16..240 (scaled by 2**(bit_depth - 8)), full ("pc")
+range uses 0..2**bit_depth - 1.
+
+Colorization never alters the archive's detail: the output luma is the source's luma codes
+(only shifted when the output has another bit depth); colorizers only supply chroma, see
+:func:`chroma_from_rgb` and :func:`merge_luma_chroma`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Matrix = Literal["bt601", "bt709"]
+Range = Literal["tv", "pc"]
+
+# (Kr, Kb) luma weights of each matrix.
+_WEIGHTS: dict[str, tuple[float, float]] = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+# FFmpeg colour-matrix names (ReelInfo.color_matrix) that mean one of ours.
+_TAGS: dict[str, Matrix] = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "bt601", "fcc": "bt601"}
+
+
+def choose_matrix(color_matrix: str | None, width: int, height: int) -> Matrix:
+    """The matrix the file is tagged with, else by size: SD (up to 1024x576) BT.601, HD BT.709.
+
+    Tags we do not implement (BT.2020, SMPTE 240M...) also fall back to the size rule.
+    """
+    if color_matrix in _TAGS:
+        return _TAGS[color_matrix]
+    return "bt709" if width > 1024 or height > 576 else "bt601"
+
+
+def _check_depth(bit_depth: int) -> None:
+    if not 8 <= bit_depth <= 16:
+        raise ValueError(f"bit depth must be 8..16, got {bit_depth}")
+
+
+def code_dtype(bit_depth: int) -> type[np.unsignedinteger]:
+    """uint8 for 8-bit codes, uint16 above."""
+    _check_depth(bit_depth)
+    return np.uint8 if bit_depth == 8 else np.uint16
+
+
+def luma_levels(bit_depth: int, color_range: Range) -> tuple[float, float]:
+    """(black code, white - black) of luma at this depth and range."""
+    _check_depth(bit_depth)
+    if color_range == "pc":
+        return 0.0, float(2 ** bit_depth - 1)
+    unit = 2 ** (bit_depth - 8)
+    return 16.0 * unit, 219.0 * unit
+
+
+def chroma_levels(bit_depth: int, color_range: Range) -> tuple[float, float]:
+    """(neutral code, code span of Cb/Cr from -0.5 to 0.5) at this depth and range."""
+    _check_depth(bit_depth)
+    if color_range == "pc":
+        return float(2 ** (bit_depth - 1)), float(2 ** bit_depth - 1)
+    unit = 2 ** (bit_depth - 8)
+    return 128.0 * unit, 224.0 * unit
+
+
+def _quantise(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 2 ** bit_depth - 1).astype(code_dtype(bit_depth))
+
+
+def codes_to_luma(codes: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
+    """(H, W) integer luma codes -> float32 in [0, 1] (clipped: sub-black/super-white cut)."""
+    black, span = luma_levels(bit_depth, color_range)
+    return np.clip((codes.astype(np.float32) - black) / span, 0.0, 1.0)
+
+
+def luma_to_codes(y: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
+    """(H, W) float luma in [0, 1] -> integer codes (uint8 / uint16)."""
+    black, span = luma_levels(bit_depth, color_range)
+    return _quantise(black + np.asarray(y, dtype=np.float64) * span, bit_depth)
+
+
+def codes_to_chroma(codes: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
+    """(2, H, W) integer Cb, Cr codes -> float32 in [-0.5, 0.5]."""
+    neutral, span = chroma_levels(bit_depth, color_range)
+    return np.clip((codes.astype(np.float32) - neutral) / span, -0.5, 0.5)
+
+
+def chroma_to_codes(chroma: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
+    """(2, H, W) float Cb, Cr in [-0.5, 0.5] -> integer codes (uint8 / uint16)."""
+    neutral, span = chroma_levels(bit_depth, color_range)
+    return _quantise(neutral + np.clip(np.asarray(chroma, dtype=np.float32), -0.5, 0.5) * np.float32(span),
+                     bit_depth)
+
+
+def change_depth(codes: np.ndarray, from_depth: int, to_depth: int) -> np.ndarray:
+    """Integer codes at another bit depth by shifting (8 -> 10 bit is ``<< 2``; down: rounded)."""
+    _check_depth(from_depth)
+    out_dtype = code_dtype(to_depth)
+    if to_depth >= from_depth:
+        return codes.astype(out_dtype) << (to_depth - from_depth)
+    k = from_depth - to_depth
+    rounded = (codes.astype(np.uint32) + (1 << (k - 1))) >> k
+    return np.minimum(rounded, 2 ** to_depth - 1).astype(out_dtype)
+
+
+def rgb_to_ycbcr(rgb: np.ndarray, matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float R'G'B' in [0, 1] -> (y (H, W) in [0, 1], chroma (2, H, W) in [-0.5, 0.5])."""
+    kr, kb = _WEIGHTS[matrix]
+    rgb = np.asarray(rgb, dtype=np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = kr * r + (1.0 - kr - kb) * g + kb * b
+    cb = (b - y) / (2.0 * (1.0 - kb))
+    cr = (r - y) / (2.0 * (1.0 - kr))
+    return y.astype(np.float32), np.stack([cb, cr]).astype(np.float32)
+
+
+def ycbcr_to_rgb(y: np.ndarray, chroma: np.ndarray, matrix: Matrix) -> np.ndarray:
+    """y (H, W) in [0, 1] and chroma (2, H, W) in [-0.5, 0.5] -> (H, W, 3) float32 R'G'B' in [0, 1]."""
+    kr, kb = _WEIGHTS[matrix]
+    kg = 1.0 - kr - kb
+    y = np.asarray(y, dtype=np.float32)
+    cb, cr = np.asarray(chroma[0], dtype=np.float32), np.asarray(chroma[1], dtype=np.float32)
+    r = y + 2.0 * (1.0 - kr) * cr
+    b = y + 2.0 * (1.0 - kb) * cb
+    g = (y - kr * r - kb * b) / kg
+    return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def chroma_from_rgb(rgb: np.ndarray, matrix: Matrix) -> np.ndarray:
+    """What a colorizer hands to the writer: (H, W, 3) float32 R'G'B' in [0, 1] -> (2, H, W)
+    float32 Cb, Cr in [-0.5, 0.5]. The RGB's own luma is dropped (the source luma is kept)."""
+    return rgb_to_ycbcr(rgb, matrix)[1]
+
+
+def merge_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range,
+                      out_depth: int | None = None) -> np.ndarray:
+    """Source luma codes + new chroma -> (3, H, W) Y, Cb, Cr codes at ``out_depth`` (default: same).
+
+    ``luma``: (H, W) integer codes at ``bit_depth``; it passes through unchanged (bit for bit
+    at the same depth, shifted otherwise). ``chroma``: (2, H, W) float in [-0.5, 0.5], None
+    for neutral grey. Chroma is quantised in the same range as the luma.
+    """
+    out_depth = out_depth or bit_depth
+    y = change_depth(np.asarray(luma), bit_depth, out_depth)
+    if chroma is None:
+        neutral = chroma_levels(out_depth, color_range)[0]
+        c = np.full((2,) + y.shape, neutral, dtype=y.dtype)
+    else:
+        if chroma.shape != (2,) + y.shape:
+            raise ValueError(f"chroma must be (2, {y.shape[0]}, {y.shape[1]}), got {chroma.shape}")
+        c = chroma_to_codes(chroma, out_depth, color_range)
+    return np.concatenate([y[None], c], axis=0)
+
+
+def rgb_from_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range,
+                         matrix: Matrix) -> np.ndarray:
+    """Source luma codes + chroma (None = grey) -> (H, W, 3) float32 R'G'B' in [0, 1] for images."""
+    y = codes_to_luma(np.asarray(luma), bit_depth, color_range)
+    c = np.zeros((2,) + y.shape, dtype=np.float32) if chroma is None else chroma
+    return ycbcr_to_rgb(y, c, matrix)

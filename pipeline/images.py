@@ -1,0 +1,126 @@
+"""Still-image I/O for targets, references and masks, with one-line errors.
+
+Images are returned as float32 arrays in [0, 1] whatever their bit depth (8 or 16-bit),
+colour as (H, W, 3) RGB, grey as (H, W); masks as (H, W) bool.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import PostprodError
+from pipeline.files import atomic_output
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as read from disk.
+
+    pixels: (H, W) grey or (H, W, 3) RGB, float32 in [0, 1].
+    bit_depth: 8 or 16 (the file's sample depth).
+    """
+
+    path: Path
+    pixels: np.ndarray
+    bit_depth: int
+
+    @property
+    def is_grey(self) -> bool:
+        return self.pixels.ndim == 2
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.pixels.shape[:2]
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read an 8 or 16-bit grey or colour image (alpha dropped); RGB channel order."""
+    path = Path(path)
+    if not path.exists():
+        raise PostprodError(path, "no such file")
+    if path.is_dir():
+        raise PostprodError(path, "is a folder, not an image")
+    data = np.fromfile(path, dtype=np.uint8)  # imdecode: no silent None for odd paths
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if raw is None:
+        raise PostprodError(path, "cannot read image (not an image file, or corrupt)")
+    if raw.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    elif raw.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+    else:
+        raise PostprodError(path, f"unsupported sample type {raw.dtype} (use 8 or 16-bit images)")
+    if raw.ndim == 3:
+        if raw.shape[2] == 4:
+            raw = raw[:, :, :3]
+        if raw.shape[2] == 1:
+            raw = raw[:, :, 0]
+        else:
+            raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+    pixels = raw.astype(np.float32) / scale
+    if pixels.ndim == 3 and _is_neutral(pixels):
+        pixels = pixels[:, :, 0].copy()  # a grey image saved as RGB is still grey
+    return LoadedImage(path=path, pixels=pixels, bit_depth=depth)
+
+
+def _is_neutral(rgb: np.ndarray, tol: float = 1.5 / 255) -> bool:
+    return bool(np.abs(rgb[..., 0] - rgb[..., 1]).max() <= tol and np.abs(rgb[..., 1] - rgb[..., 2]).max() <= tol)
+
+
+def read_grey(path: str | Path) -> LoadedImage:
+    """Read a target image as grey (H, W) float32 in [0, 1]; a colour file is converted (Rec. 709 luma)."""
+    img = read_image(path)
+    if img.is_grey:
+        return img
+    grey = img.pixels @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    return LoadedImage(path=img.path, pixels=grey.astype(np.float32), bit_depth=img.bit_depth)
+
+
+def read_colour(path: str | Path) -> LoadedImage:
+    """Read a reference image as RGB (H, W, 3) float32 in [0, 1]; a grey file is an error."""
+    img = read_image(path)
+    if img.is_grey:
+        raise PostprodError(path, "reference image has no colour (it is grey)")
+    return img
+
+
+def read_mask(path: str | Path, size: tuple[int, int], *, of: str | Path | None = None) -> np.ndarray:
+    """Read a mask (any 8/16-bit image, non-zero = inside) as (H, W) bool.
+
+    size: the (height, width) of the image the mask belongs to (``of``, named in errors).
+    """
+    img = read_image(path)
+    if img.size != tuple(size):
+        target = f" of {of}" if of else ""
+        raise PostprodError(path, f"mask is {img.size[1]}x{img.size[0]} but the image{target} is "
+                                  f"{size[1]}x{size[0]}")
+    mask = img.pixels > 0 if img.is_grey else (img.pixels > 0).any(axis=2)
+    if not mask.any():
+        raise PostprodError(path, "mask is empty (no non-zero pixel)")
+    return mask
+
+
+def write_rgb(path: str | Path, rgb: np.ndarray, *, bit_depth: int = 8, force: bool = False) -> Path:
+    """Write (H, W, 3) RGB or (H, W) grey, float in [0, 1], as an 8 or 16-bit image, atomically.
+
+    The format follows the suffix; 16 bits only for PNG and TIFF (others are written as 8-bit).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise PostprodError(path, f"unknown image type {path.suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})")
+    if bit_depth == 16 and path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        bit_depth = 8  # JPEG/WebP/BMP hold 8 bits only
+    scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
+    out = np.clip(np.rint(np.clip(rgb, 0.0, 1.0) * scale), 0, scale).astype(dtype)
+    with atomic_output(path, force=force) as tmp:
+        ok, buf = cv2.imencode(path.suffix.lower(), out if out.ndim == 2 else cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise PostprodError(path, "could not encode image")
+        buf.tofile(tmp)
+    return path
