@@ -1,0 +1,92 @@
+"""bench.baselines on synthetic Lab images, and a tiny bench.harness run on DAVIS."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.baselines import copy_chroma, grey, reinhard, welsh
+from bench.harness import DEFAULT_DAVIS, load_pairs, main, markdown_tables, run, available_methods
+
+
+def two_colour_reference() -> tuple[np.ndarray, np.ndarray]:
+    """(8, 8, 3) Lab reference: left half (60, 40, 10), right half (30, -20, -30); mask = left half."""
+    ref = np.zeros((8, 8, 3), np.float32)
+    ref[:, :4] = (60, 40, 10)
+    ref[:, 4:] = (30, -20, -30)
+    mask = np.zeros((8, 8), bool)
+    mask[:, :4] = True
+    return ref, mask
+
+
+def test_grey_and_copy_chroma() -> None:
+    ref, _ = two_colour_reference()
+    target_l = np.full((4, 6), 50, np.float32)
+    assert grey(target_l, [ref], None).shape == (4, 6, 2) and not grey(target_l, [ref], None).any()
+    ab = copy_chroma(target_l, [ref], None)
+    assert ab.shape == (4, 6, 2)
+    assert np.allclose(ab[:, 0], (40, 10)) and np.allclose(ab[:, -1], (-20, -30))  # resized, left stays left
+
+
+def test_reinhard_gives_the_reference_mean_and_uses_masks() -> None:
+    ref, ref_mask = two_colour_reference()
+    target_l = np.full((6, 6), 50, np.float32)
+    assert np.allclose(reinhard(target_l, [ref], None), (10, -10), atol=1e-4)  # grey target -> mean ab
+    t_mask = np.zeros((6, 6), bool)
+    t_mask[:2] = True
+    ab = reinhard(target_l, [ref], [[(t_mask, ref_mask)]])
+    assert np.allclose(ab[t_mask], (40, 10), atol=1e-4) and np.allclose(ab[~t_mask], (-20, -30), atol=1e-4)
+
+
+def test_welsh_matches_by_luminance_and_takes_reference_colours() -> None:
+    ref, _ = two_colour_reference()
+    target_l = np.zeros((6, 8), np.float32)
+    target_l[:, :4], target_l[:, 4:] = 70, 20  # bright left, dark right, as in the reference
+    ab = welsh(target_l, [ref], None)
+    assert np.allclose(ab[2, 0], (40, 10)) and np.allclose(ab[2, -1], (-20, -30))
+    assert np.isin(ab[..., 0], ref[..., 1]).all()  # every colour comes from the reference
+
+
+@pytest.fixture(scope="module")
+def davis() -> Path:
+    if not (DEFAULT_DAVIS / "blackswan" / "frames").is_dir():
+        pytest.skip(f"DAVIS data not found at {DEFAULT_DAVIS} (../shared/data/davis)")
+    return DEFAULT_DAVIS
+
+
+def test_tiny_run_one_sequence_one_pair(davis: Path) -> None:
+    from model.lpips import load_lpips
+
+    pairs = load_pairs(davis, ["blackswan"], max_pairs_per_seq=1, size=128)
+    assert len(pairs) == 1 and (pairs[0].target_frame, pairs[0].reference_frame) == (10, 0)
+    assert pairs[0].target_rgb.shape == (72, 128, 3) and pairs[0].target_mask.shape == (72, 128)
+    assert pairs[0].target_mask.any() and pairs[0].reference_mask.any()
+    methods = available_methods(["grey", "copy-chroma", "reinhard"])
+    result = run(pairs, methods, ("A", "B"), load_lpips())
+    a, b = result["A"], result["B"]
+    assert a["grey"]["colourfulness"] < 0.5 and a["copy-chroma"]["colourfulness"] > 5
+    assert a["copy-chroma"]["psnr"] > a["grey"]["psnr"]  # the true colours 10 frames earlier beat none
+    assert all(np.isfinite(v) for row in a.values() for v in row.values())
+    assert set(b) == {"grey", "copy-chroma", "reinhard", "reinhard +masks"}
+    assert b["reinhard +masks"]["ab_error_in_mask"] < b["reinhard"]["ab_error_in_mask"]
+    table = markdown_tables(result)
+    assert "| copy-chroma |" in table and "| reinhard +masks |" in table
+
+
+def test_main_writes_json(davis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res" / "h.json"
+    code = main(["--protocol", "B", "--sequences", "dog", "--max-pairs-per-seq", "1", "--size", "96",
+                 "--methods", "grey", "copy-chroma", "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert "A" not in data and set(data["B"]) == {"grey", "copy-chroma"}
+    assert data["config"]["sequences"] == ["dog"] and len(data["pairs"]) == 1
+    assert "Protocol B" in capsys.readouterr().out
+
+
+def test_missing_davis_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--davis", str(tmp_path / "nope"), "--methods", "grey", "--out", str(tmp_path / "h.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "DAVIS folder not found" in err and len(err.strip().splitlines()) == 1
