@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import cv2
 import numpy as np
 
 Matrix = Literal["bt601", "bt709"]
@@ -159,3 +160,38 @@ def rgb_from_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth:
     y = codes_to_luma(np.asarray(luma), bit_depth, color_range)
     c = np.zeros((2,) + y.shape, dtype=np.float32) if chroma is None else chroma
     return ycbcr_to_rgb(y, c, matrix)
+
+
+def guided_upsample(src: np.ndarray, guide: np.ndarray, *, radius: int = 2, eps: float = 1e-3) -> np.ndarray:
+    """Bring low-resolution planes to the guide's resolution, following the guide's edges.
+
+    The fast guided filter (He & Sun 2015): the local linear model ``src ≈ a * guide + b`` is
+    fitted at ``src``'s resolution (box windows of ``radius`` px there), then ``a`` and ``b`` are
+    upsampled bilinearly and applied to the full-resolution guide, so edges come from the guide
+    (the source's luma) and colours from ``src``.
+
+    src: (C, h, w) float32 (e.g. Cb, Cr at working resolution). guide: (H, W) float32 in [0, 1].
+    Returns (C, H, W) float32. Cost is linear in H*W (a few cv2 passes), so 4K frames are cheap.
+    """
+    big_h, big_w = guide.shape
+    _, h, w = src.shape
+    if (h, w) == (big_h, big_w):
+        return src.astype(np.float32, copy=True)
+    guide = guide.astype(np.float32)
+    small = cv2.resize(guide, (w, h), interpolation=cv2.INTER_AREA)
+    k = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mean_i = box(small)
+    var_i = box(small * small) - mean_i * mean_i
+    out = np.empty((src.shape[0], big_h, big_w), dtype=np.float32)
+    for c, p in enumerate(src.astype(np.float32)):
+        mean_p = box(p)
+        a = (box(small * p) - mean_i * mean_p) / (var_i + eps)
+        b = mean_p - a * mean_i
+        a_big = cv2.resize(box(a), (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+        b_big = cv2.resize(box(b), (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+        out[c] = a_big * guide + b_big
+    return out

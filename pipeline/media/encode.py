@@ -59,6 +59,11 @@ _MUXERS = {".mov": "mov", ".mp4": "mp4", ".mkv": "matroska"}
 _MP4_AUDIO = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "opus", "flac", "alac"})
 
 
+# No random UIDs, dates or library versions in the files: the same input gives the same bytes
+# (a resumed run's lossless output equals an uninterrupted run's).
+_BITEXACT = {"fflags": "+bitexact"}
+
+
 class VariableFrameRateWarning(UserWarning):
     """A variable-frame-rate source is being written at its constant average rate."""
 
@@ -187,11 +192,11 @@ class ReelWriter:
             self._images = self._image_encoder()
             if self.copy_audio and src.audio:
                 self._out = self._stack.enter_context(
-                    av.open(str(self._tmp / f"{self.dest.name}.mka"), "w", format="matroska"))
+                    av.open(str(self._tmp / f"{self.dest.name}.mka"), "w", format="matroska", options=_BITEXACT))
                 self._add_audio(self._out)
             return
         muxer = _MUXERS.get(self.dest.suffix.lower(), self.spec.container)
-        self._out = self._stack.enter_context(av.open(str(self._tmp), "w", format=muxer))
+        self._out = self._stack.enter_context(av.open(str(self._tmp), "w", format=muxer, options=_BITEXACT))
         self._video = self._add_video(self._out)
         if self.copy_audio and src.audio:
             self._add_audio(self._out)

@@ -1,0 +1,83 @@
+"""`postprod run` end to end on the bundled demo reel, as plain Python (engine local)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.media.decode import iter_frames
+from pipeline.media.probe import probe
+from pipeline.run import RunSettings, load_plan, run_reel, segment_path
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo colorized once into FFV1: (output, work folder)."""
+    work = tmp_path_factory.mktemp("run")
+    out = work / "demo.mkv"
+    run_reel(DEMO / "reel.mov", DEMO / "refs", out, workdir=work / "work",
+             settings=RunSettings(codec="ffv1", device="cpu"))
+    return out, work / "work"
+
+
+def test_output_keeps_frames_rate_timecode_audio_and_luma(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    src, dst = probe(DEMO / "reel.mov"), probe(out)
+    assert (dst.frames, dst.fps, dst.timecode) == (src.frames, src.fps, src.timecode)
+    assert audio_packets(out) == audio_packets(DEMO / "reel.mov")
+    for a, b in zip(iter_frames(DEMO / "reel.mov"), iter_frames(out), strict=True):
+        assert np.array_equal(a.luma, b.luma)  # luma passthrough, bit for bit in FFV1
+
+
+def test_coloured_keyframe_takes_the_artists_chroma(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    frame = next(iter_frames(out, 0, 1, chroma=True))
+    ref = cv2.imread(str(DEMO / "refs" / "frame-0.png"))[:, :, ::-1].astype(np.float32) / 255
+    ycc = cv2.cvtColor(ref, cv2.COLOR_RGB2YCrCb)  # BT.601, as the SD demo is tagged
+    cb, cr = ycc[:, :, 2] - 0.5, ycc[:, :, 1] - 0.5
+    assert np.abs(frame.chroma[0] - cb).mean() < 0.02 and np.abs(frame.chroma[1] - cr).mean() < 0.02
+
+
+def test_every_shot_is_coloured(demo_run: tuple[Path, Path]) -> None:
+    out, _ = demo_run
+    for f in iter_frames(out, chroma=True):
+        assert np.abs(f.chroma).mean() > 0.005, f"frame {f.index} is grey"
+
+
+def test_finished_shots_are_not_recomputed(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+    out, work = demo_run
+    plan_path = work / "plan.json"
+    settings = RunSettings(codec="ffv1", device="cpu")
+    segments = [segment_path(plan_path, s.index, work, settings) for s in load_plan(plan_path).shots]
+    stamps = [p.stat().st_mtime_ns for p in segments]
+    again = tmp_path / "again.mkv"
+    run_reel(DEMO / "reel.mov", DEMO / "refs", again, workdir=work, settings=settings)
+    assert [p.stat().st_mtime_ns for p in segments] == stamps
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_bad_refs_stop_before_any_work(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    shutil.copytree(DEMO / "refs", refs)
+    (refs / "frame-9999.png").write_bytes((refs / "frame-0.png").read_bytes())
+    (refs / "shot-7.png").write_bytes(b"not an image")
+    work = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--engine", "local", "--reel",
+                        str(DEMO / "reel.mov"), "--refs", str(refs), "--out", str(tmp_path / "o.mkv"),
+                        "--codec", "ffv1", "--workdir", str(work)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "frame-9999.png" in r.stderr and "shot-7.png" in r.stderr  # every problem, at once
+    assert not (work / "segments").exists() and not (tmp_path / "o.mkv").exists()
