@@ -178,3 +178,10 @@ def audio_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
         audio.layout = "stereo"
         _write_tone(out, audio, 0.5)
     return path
+
+
+# --- Prefect (flows tests): settings Prefect reads once, at its first import -----------------
+import os  # noqa: E402
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")

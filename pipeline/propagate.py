@@ -1,0 +1,484 @@
+"""Colour propagation through a shot from its coloured keyframes (issue 5).
+
+Input: the shot's lightness at working resolution (Lab L, (h, w) float32 in [0, 100], short side
+about 256 px) and the ab of one or more keyframes; output: every frame's ab at working
+resolution, which :func:`upsample_chroma` brings to full resolution guided by the full-resolution
+L, one frame at a time. Only chroma is produced: the source's luma passes through untouched.
+
+Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.md):
+
+1. Sweeps. From each keyframe a forward sweep runs up to the next keyframe (or the shot's end)
+   and a backward sweep down to the previous keyframe (or the shot's start). A sweep colours
+   frame t from its previous frame s = t -/+ 1, which it has already coloured:
+
+   a. Flow: OpenCV DIS (medium preset) on 8-bit L, both ways between t and s.
+   b. Occlusion confidence: forward-backward consistency (Sundaram, Brox & Keutzer 2010,
+      |w + w'|^2 < alpha (|w|^2 + |w'|^2) + beta, made soft: exp(-excess)); 0 where the flow
+      leaves the frame. The path confidence C_t = warp(C_s) * consistency_t is the product
+      along the chain back to the keyframe: a pixel that was ever occluded or came in from
+      outside stays low until re-anchored (step d).
+   c. Propagated colour: s's output ab and L warped to t, then a local luma-guided correction:
+      each pixel takes a softmax-weighted mean of the warped ab within ``search_radius`` px,
+      weighted by the 3x3 patch distance between its L and the warped L (plus a distance
+      penalty). It snaps colour edges to the current frame's luma edges where the flow is a few
+      pixels off; chaining bare warps smears colour across edges and over time.
+   d. Attention term (re-anchoring): every ``attention_every`` frames, when some of the frame
+      has low path confidence, the exemplar colorizer (default: the training-free
+      super-attention transfer of ``model.transfer`` at ``attention_size``) colours t from the
+      sweep's keyframe and s's output. Between computations the term is carried by steps a-c,
+      and each new computation is averaged with the carried one (``attention_blend``), so the
+      term does not flicker. Before the first computation it is the keyframe's colour.
+   e. Output: C * propagated + (1 - C) * attention term: confident pixels follow the flow,
+      occluded or new ones the attention term.
+
+2. Fusion: between two keyframes, the forward and backward outputs are averaged per pixel
+   with weights (C + eps) / d, d the temporal distance to the sweep's keyframe: a frame
+   exactly between two keyframes with equal confidences takes half of each.
+
+3. Memory: the lightness frames are read once, in order (a generator works). Lightness, the
+   forward sweeps' results and the final ab go to an injected :class:`FrameStore` (default: a
+   temporary folder of float16 ``.npy`` files); the sweeps themselves hold O(1) frames (the
+   previous frame's L, ab, confidence and attention term, and the keyframe), whatever the
+   shot's length.
+
+Conventions: L in [0, 100], ab in CIE units (roughly [-110, 110]), flows (h, w, 2) float32 in px
+as (dx, dy) with ``frame_from(x) ~ frame_to(x + flow(x))``.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+Colorizer = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
+"""``colorizer(target_l, references) -> ab``: target_l (h, w) float32 L in [0, 100];
+references: (3, h_r, w_r) float32 Lab images; returns (2, h, w) float32 ab."""
+
+FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: distance decides there
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Parameters of :func:`propagate_shot` (defaults measured on DAVIS, see bench/README.md).
+
+    work_size: short side of the working resolution, px (:func:`to_working`).
+    search_radius: half-width of the local correction window, px (0: plain warping).
+    match_temperature: softmax temperature of the correction, (L units)^2 per pixel.
+    distance_penalty: added to the patch distance per px^2 of offset, (L units)^2.
+    consistency_alpha, consistency_beta: forward-backward check (Sundaram et al. 2010), 1 and px^2.
+    attention_every: frames between attention computations (0: never; flow only).
+    attention_min_area: fraction of the frame with path confidence < 1/2 below which the
+        attention computation is skipped (nothing new to colour).
+    attention_size: short side (px) at which the default colorizer runs.
+    attention_blend: weight of a new attention computation against the carried term.
+    attention_previous: also give the colorizer the previous output as a reference (besides
+        the keyframe): colours of things that appeared since the keyframe.
+    """
+
+    work_size: int = 256
+    search_radius: int = 3
+    match_temperature: float = 2.0
+    distance_penalty: float = 0.5
+    consistency_alpha: float = 0.01
+    consistency_beta: float = 0.5
+    attention_every: int = 4
+    attention_min_area: float = 0.005
+    attention_size: int = 128
+    attention_blend: float = 0.5
+    attention_previous: bool = True
+    anchor: bool = True
+    anchor_scale: float = 10.0
+
+
+# --- storage ------------------------------------------------------------------------------
+
+class FrameStore(Protocol):
+    """Per-frame arrays keyed by (name, frame index); values come back as float32."""
+
+    def put(self, name: str, index: int, array: np.ndarray) -> None: ...
+
+    def get(self, name: str, index: int) -> np.ndarray: ...
+
+    def delete(self, name: str, index: int) -> None: ...
+
+
+class MemoryStore:
+    """In-memory :class:`FrameStore` (float16, like :class:`NpyStore`), for tests and short shots.
+
+    ``peak`` is the largest number of arrays held at once, per name.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, int], np.ndarray] = {}
+        self.peak: dict[str, int] = {}
+
+    def put(self, name: str, index: int, array: np.ndarray) -> None:
+        self._data[name, index] = np.asarray(array, dtype=np.float16).copy()
+        held = sum(1 for n, _ in self._data if n == name)
+        self.peak[name] = max(self.peak.get(name, 0), held)
+
+    def get(self, name: str, index: int) -> np.ndarray:
+        return self._data[name, index].astype(np.float32)
+
+    def delete(self, name: str, index: int) -> None:
+        del self._data[name, index]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class NpyStore:
+    """:class:`FrameStore` of float16 ``.npy`` files, ``<folder>/<name>-<index>.npy``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str, index: int) -> Path:
+        return self.folder / f"{name}-{index:07d}.npy"
+
+    def put(self, name: str, index: int, array: np.ndarray) -> None:
+        np.save(self._path(name, index), np.asarray(array, dtype=np.float16))
+
+    def get(self, name: str, index: int) -> np.ndarray:
+        return np.load(self._path(name, index)).astype(np.float32)
+
+    def delete(self, name: str, index: int) -> None:
+        self._path(name, index).unlink()
+
+
+# --- image maths --------------------------------------------------------------------------
+
+def to_working(l: np.ndarray, work_size: int) -> np.ndarray:
+    """(H, W) L -> (h, w) float32 with the short side at most ``work_size`` (area filter)."""
+    h, w = l.shape
+    scale = min(1.0, work_size / min(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    l = np.asarray(l, dtype=np.float32)
+    return l if size == (w, h) else cv2.resize(l, size, interpolation=cv2.INTER_AREA)
+
+
+def upsample_chroma(ab: np.ndarray, l_full: np.ndarray) -> np.ndarray:
+    """Working-resolution ab (2, h, w) -> (2, H, W) float32, edges following the full-resolution
+    L (H, W) in [0, 100] (``model.transfer.guided_upsample``). One frame at a time: memory is a
+    few full-resolution planes."""
+    import torch
+
+    from model.transfer import guided_upsample
+
+    with torch.inference_mode():
+        up = guided_upsample(torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))[None],
+                             torch.from_numpy(np.ascontiguousarray(l_full, dtype=np.float32))[None, None])
+    return up[0].numpy()
+
+
+def _to_u8(l: np.ndarray) -> np.ndarray:
+    return np.clip(l * 2.55 + 0.5, 0, 255).astype(np.uint8)
+
+
+def optical_flow(l_from: np.ndarray, l_to: np.ndarray, dis: cv2.DISOpticalFlow) -> np.ndarray:
+    """DIS flow between two L frames (h, w) in [0, 100]: (h, w, 2) float32 with
+    ``l_from(x) ~ l_to(x + flow(x))``."""
+    return dis.calc(_to_u8(l_from), _to_u8(l_to), None)
+
+
+def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = flow.shape[:2]
+    xs = np.arange(w, dtype=np.float32)[None, :] + flow[..., 0]
+    ys = np.arange(h, dtype=np.float32)[:, None] + flow[..., 1]
+    return xs, ys
+
+
+def warp(image: np.ndarray, flow: np.ndarray, border: float | None = None) -> np.ndarray:
+    """Sample ``image`` (C, h, w) at x + flow(x) (bilinear): (C, h, w) float32.
+
+    border: value outside the image; None replicates the edge.
+    """
+    xs, ys = _sample_grid(flow)
+    mode = cv2.BORDER_REPLICATE if border is None else cv2.BORDER_CONSTANT
+    value = 0.0 if border is None else float(border)
+    return np.stack([cv2.remap(np.ascontiguousarray(c, dtype=np.float32), xs, ys, cv2.INTER_LINEAR,
+                               borderMode=mode, borderValue=value) for c in image])
+
+
+def _remap(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Sample ``image`` (C, h, w) at absolute coordinates (2, h', w') (x, y): (C, h', w'), edges replicated."""
+    return np.stack([cv2.remap(np.ascontiguousarray(c, dtype=np.float32), coords[0], coords[1], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE) for c in image])
+
+
+def flow_confidence(flow_back: np.ndarray, flow_fwd: np.ndarray, alpha: float = 0.01,
+                    beta: float = 0.5) -> np.ndarray:
+    """Occlusion-aware confidence of ``flow_back`` (t -> s) given ``flow_fwd`` (s -> t).
+
+    Sundaram et al. 2010: the round trip t -> s -> t should come back,
+    |w + w'|^2 <= alpha (|w|^2 + |w'|^2) + beta with w' = flow_fwd sampled at x + w. Soft:
+    1 inside the tolerance, exp(-(|w + w'|^2 / tolerance - 1)) beyond it, so that a long chain of
+    consistent frames keeps its confidence. Pixels whose w leaves the frame get 0 (no source in s).
+
+    Returns:
+        (h, w) float32 in [0, 1].
+    """
+    back_fwd = warp(flow_fwd.transpose(2, 0, 1), flow_back).transpose(1, 2, 0)
+    err = ((flow_back + back_fwd) ** 2).sum(-1)
+    tol = alpha * ((flow_back ** 2).sum(-1) + (back_fwd ** 2).sum(-1)) + beta
+    xs, ys = _sample_grid(flow_back)
+    h, w = flow_back.shape[:2]
+    inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+    return np.where(inside, np.exp(-np.maximum(err / tol - 1.0, 0.0)), 0.0).astype(np.float32)
+
+
+def refine_chroma(l: np.ndarray, l_src: np.ndarray, ab_src: np.ndarray, radius: int = 3,
+                  temperature: float = 2.0, distance_penalty: float = 0.5, patch: int = 3) -> np.ndarray:
+    """Local luma-guided correction of warped chroma.
+
+    Each pixel x takes sum_o w_o ab_src(x + o) over offsets |o|_inf <= radius with
+    w = softmax(-(D_o(x) + penalty |o|^2) / temperature), D_o the mean squared L difference
+    between the ``patch`` x ``patch`` patches of ``l`` at x and ``l_src`` at x + o.
+
+    Args:
+        l: (h, w) L of the frame being coloured, [0, 100].
+        l_src: (h, w) L of the source, already warped onto ``l``.
+        ab_src: (2, h, w) ab of the source, warped like ``l_src``.
+        radius: px; 0 returns ``ab_src``.
+        temperature: (L units)^2.
+        distance_penalty: (L units)^2 per px^2.
+        patch: odd patch side, px.
+
+    Returns:
+        (2, h, w) float32.
+    """
+    if radius <= 0:
+        return np.asarray(ab_src, dtype=np.float32)
+    h, w = l.shape
+    r = radius
+    src = cv2.copyMakeBorder(np.dstack([l_src, ab_src[0], ab_src[1]]).astype(np.float32), r, r, r, r,
+                             cv2.BORDER_REPLICATE)
+    l = np.asarray(l, dtype=np.float32)
+    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    cost = np.empty((len(offsets), h, w), np.float32)
+    for i, (dy, dx) in enumerate(offsets):
+        shifted = src[r + dy:r + dy + h, r + dx:r + dx + w, 0]
+        cost[i] = cv2.boxFilter((l - shifted) ** 2, -1, (patch, patch), borderType=cv2.BORDER_REPLICATE)
+        cost[i] += distance_penalty * (dy * dy + dx * dx)
+    cost -= cost.min(axis=0)
+    weights = np.exp(cost * np.float32(-1.0 / temperature))
+    out = np.zeros((h, w, 2), np.float32)
+    for i, (dy, dx) in enumerate(offsets):
+        out += weights[i, ..., None] * src[r + dy:r + dy + h, r + dx:r + dx + w, 1:]
+    return (out / weights.sum(axis=0)[..., None]).transpose(2, 0, 1)
+
+
+def fusion_weights(conf_a: np.ndarray, dist_a: int, conf_b: np.ndarray, dist_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel weights of two sweeps' results, summing to 1: (C + eps) / d for each.
+
+    conf_a, conf_b: (h, w) path confidences in [0, 1]; dist_a, dist_b: frames (> 0) from each
+    sweep's keyframe.
+    """
+    wa = (conf_a + FUSION_EPS) / dist_a
+    wb = (conf_b + FUSION_EPS) / dist_b
+    total = wa + wb
+    return (wa / total).astype(np.float32), (wb / total).astype(np.float32)
+
+
+# --- the sweeps ----------------------------------------------------------------------------
+
+class _Sweep:
+    """State of one sweep: what it holds is O(1) frames (previous L, ab, confidence, attention
+    term and the keyframe's Lab)."""
+
+    def __init__(self, settings: PropagationSettings, colorizer: Colorizer | None) -> None:
+        self.s = settings
+        self.colorizer = colorizer
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self.key_lab: np.ndarray | None = None
+
+    def reset(self, l: np.ndarray, ab: np.ndarray) -> None:
+        """Start from a keyframe: L (h, w), ab (2, h, w)."""
+        self.key_lab = np.concatenate([l[None], ab]).astype(np.float32)
+        self.l, self.ab = l, ab
+        self.conf = np.ones(l.shape, np.float32)
+        self.attn = ab
+        self.since_attention = 0
+        h, w = l.shape
+        self.anchor = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+
+    def _anchored(self, l: np.ndarray, back: np.ndarray, conf: np.ndarray, propagated: np.ndarray) -> np.ndarray:
+        """Blend in the keyframe's own colours where frame t still sees keyframe content.
+
+        The keyframe coordinates of each pixel are composed along the chain, then corrected by a
+        residual DIS flow between frame t and the keyframe's L resampled there (undoing the
+        positional drift of the chain); the keyframe's ab sampled at the corrected coordinates
+        (resampled once, so it never blurs or fades) replaces the chained colour with weight
+        C * exp(-patch L error / anchor_scale)."""
+        s = self.s
+        key_l, key_ab = self.key_lab[:1], self.key_lab[1:]
+        coords = warp(self.anchor, back)
+        resampled = _remap(key_l, coords)[0]
+        coords = warp(coords, optical_flow(l, resampled, self.dis))
+        self.anchor = coords
+        anchored = _remap(self.key_lab, coords)
+        ab = refine_chroma(l, anchored[0], anchored[1:], s.search_radius, s.match_temperature, s.distance_penalty)
+        err = cv2.boxFilter((l - anchored[0]) ** 2, -1, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        weight = conf * np.exp(-err / s.anchor_scale)
+        return weight * ab + (1.0 - weight) * propagated
+
+    def step(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Colour the next frame of the sweep, L (h, w): its (ab (2, h, w), confidence (h, w))."""
+        s = self.s
+        self.l_previous = self.l
+        back = optical_flow(l, self.l, self.dis)
+        fwd = optical_flow(self.l, l, self.dis)
+        consistency = flow_confidence(back, fwd, s.consistency_alpha, s.consistency_beta)
+        l_src = warp(self.l[None], back)[0]
+
+        propagated = refine_chroma(l, l_src, warp(self.ab, back), s.search_radius, s.match_temperature,
+                                   s.distance_penalty)
+        conf = warp(self.conf[None], back, border=0.0)[0] * consistency
+        if s.anchor:
+            propagated = self._anchored(l, back, conf, propagated)
+        self.l, self.conf = l, conf
+        if self.colorizer is None or s.attention_every <= 0:
+            self.ab = propagated
+            return propagated, conf
+        # the attention term is smooth (superpixel colours): carried by plain warping
+        attn = warp(self.attn, back)
+        self.since_attention += 1
+        if self.since_attention >= s.attention_every and float((conf < 0.5).mean()) >= s.attention_min_area:
+            refs = [self.key_lab]
+            if s.attention_previous:
+                refs.append(np.concatenate([self.l_previous[None], self.ab]).astype(np.float32))
+            fresh = self.colorizer(l, refs)
+            attn = s.attention_blend * fresh + (1.0 - s.attention_blend) * attn
+            self.since_attention = 0
+        self.ab = (conf * propagated + (1.0 - conf) * attn).astype(np.float32)
+        self.attn = attn
+        return self.ab, conf
+
+
+def propagate_shot(luma: Iterable[np.ndarray], keyframes: dict[int, np.ndarray], *,
+                   length: int | None = None, colorizer: Colorizer | None = None,
+                   store: FrameStore | None = None, settings: PropagationSettings | None = None,
+                   device: str = "cpu") -> Iterator[np.ndarray]:
+    """Colour every frame of a shot from its keyframes; yields each frame's ab in order.
+
+    Args:
+        luma: the shot's L frames at working resolution, (h, w) float32 in [0, 100], read once
+            in order (a generator is fine).
+        keyframes: {frame index in the shot: (2, h, w) ab at working resolution}; at least one.
+            Keyframes are yielded as given.
+        length: number of frames (default: ``len(luma)``).
+        colorizer: exemplar colorizer for the attention term (:data:`Colorizer`); None builds
+            :func:`attention_colorizer` on ``device`` when ``settings.attention_every`` > 0.
+        store: where per-frame intermediates go (default: float16 .npy files in a temporary
+            folder, removed when the generator finishes or is closed).
+        settings: :class:`PropagationSettings`.
+        device: torch device of the default colorizer.
+
+    Yields:
+        (2, h, w) float32 ab for frames 0 .. length - 1. Nothing is yielded before both sweeps
+        have run (the backward sweep needs the whole shot).
+    """
+    settings = settings or PropagationSettings()
+    n = len(luma) if length is None else length  # type: ignore[arg-type]
+    keys = sorted(keyframes)
+    if not keys:
+        raise ValueError("propagation needs at least one keyframe")
+    if keys[0] < 0 or keys[-1] >= n:
+        raise ValueError(f"keyframes {keys} outside the shot's {n} frames")
+    if colorizer is None and settings.attention_every > 0:
+        colorizer = attention_colorizer(device=device, work_size=settings.attention_size)
+    with tempfile.TemporaryDirectory(prefix="postprod-propagate-") if store is None else nullcontext() as folder:
+        store = store if store is not None else NpyStore(folder)
+        _forward(luma, n, keyframes, keys, store, settings, colorizer)
+        _backward(n, keyframes, keys, store, settings, colorizer)
+        for t in range(n):
+            ab = store.get("ab", t)
+            store.delete("ab", t)
+            yield ab
+
+
+def _forward(luma: Iterable[np.ndarray], n: int, keyframes: dict[int, np.ndarray], keys: list[int],
+             store: FrameStore, settings: PropagationSettings, colorizer: Colorizer | None) -> None:
+    """Read the L frames once; forward sweeps. Frames after the last keyframe are final ("ab");
+    frames between keyframes keep their forward result ("fwd", "fwd_conf") for the fusion."""
+    sweep = _Sweep(settings, colorizer)
+    frames = iter(luma)
+    for t in range(n):
+        try:
+            l = np.asarray(next(frames), dtype=np.float32)
+        except StopIteration:
+            raise ValueError(f"luma ended after {t} frames, expected {n}") from None
+        store.put("l", t, l)
+        if t in keyframes:
+            ab = np.asarray(keyframes[t], dtype=np.float32)
+            if ab.shape != (2, *l.shape):
+                raise ValueError(f"keyframe {t}: ab {ab.shape} does not match L {l.shape}")
+            sweep.reset(l, ab)
+            store.put("ab", t, ab)
+        elif t > keys[0]:
+            ab, conf = sweep.step(l)
+            if t > keys[-1]:
+                store.put("ab", t, ab)
+            else:
+                store.put("fwd", t, ab)
+                store.put("fwd_conf", t, conf)
+
+
+def _backward(n: int, keyframes: dict[int, np.ndarray], keys: list[int], store: FrameStore,
+              settings: PropagationSettings, colorizer: Colorizer | None) -> None:
+    """Backward sweeps from every keyframe, fused with the forward results; L frames dropped."""
+    sweep = _Sweep(settings, colorizer)
+    for t in range(n - 1, -1, -1):
+        l = store.get("l", t)
+        if t in keyframes:
+            sweep.reset(l, np.asarray(keyframes[t], dtype=np.float32))
+        elif t < keys[-1]:
+            ab, conf = sweep.step(l)
+            if t > keys[0]:
+                after = min(k for k in keys if k > t)
+                before = max(k for k in keys if k < t)
+                fwd, fwd_conf = store.get("fwd", t), store.get("fwd_conf", t)
+                w_fwd, w_back = fusion_weights(fwd_conf, t - before, conf, after - t)
+                ab = w_fwd * fwd + w_back * ab
+                store.delete("fwd", t)
+                store.delete("fwd_conf", t)
+            store.put("ab", t, ab)
+        store.delete("l", t)
+
+
+# --- the default attention term -----------------------------------------------------------
+
+def attention_colorizer(device: str = "cpu", work_size: int = 128, features: object | None = None) -> Colorizer:
+    """The training-free super-attention transfer (``model.transfer.transfer_colour``, VGG-16
+    loaded once) as a :data:`Colorizer`, run at ``work_size`` without regrain (the propagation
+    smooths it), its ab brought back to the target's size guided by the target's L."""
+    import torch
+
+    from model.features import load_vgg16
+    from model.transfer import transfer_colour
+
+    dev = torch.device(device)
+    extractor = features if features is not None else load_vgg16(device=dev)
+
+    def colorize(target_l: np.ndarray, references: Sequence[np.ndarray]) -> np.ndarray:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
+
+        with torch.inference_mode():
+            ab = transfer_colour(t(target_l)[None, None], [t(r)[None] for r in references],
+                                 features=extractor, work_size=work_size, regrain_output=False)
+        return ab[0].float().cpu().numpy()
+
+    return colorize
+
+
+__all__ = ["Colorizer", "FrameStore", "MemoryStore", "NpyStore", "PropagationSettings", "attention_colorizer",
+           "flow_confidence", "fusion_weights", "optical_flow", "propagate_shot", "refine_chroma", "to_working",
+           "upsample_chroma", "warp"]

@@ -1,0 +1,264 @@
+"""Colour propagation within a shot (pipeline.propagate) on synthetic shots, plus one DAVIS check."""
+from __future__ import annotations
+
+import tracemalloc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.metrics import colourfulness, psnr
+from pipeline.propagate import (MemoryStore, NpyStore, PropagationSettings, flow_confidence, fusion_weights,
+                                optical_flow, propagate_shot, refine_chroma, to_working, upsample_chroma, warp)
+
+DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
+FLOW_ONLY = PropagationSettings(attention_every=0)  # no exemplar colorizer: synthetic tests stay fast
+
+
+def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth random texture, (h, w) float32 L in [25, 75]."""
+    noise = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    t = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    return (25 + 50 * (t - t.min()) / (t.max() - t.min())).astype(np.float32)
+
+
+def colour_field(h: int, w: int) -> np.ndarray:
+    """A smooth colour field (2, h, w) of saturated ab, tied to canvas coordinates."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([40 * np.sin(xs / 9), 40 * np.cos(ys / 7)]).astype(np.float32)
+
+
+def lab_to_rgb_np(l: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    from model.color import lab_to_rgb
+
+    lab = torch.from_numpy(np.concatenate([l[None], ab]).astype(np.float32))[None]
+    return lab_to_rgb(lab)[0].permute(1, 2, 0).numpy()
+
+
+def translating_shot(n: int, h: int, w: int, step: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames of a canvas seen through a window moving ``step`` (dy, dx) px per frame: L and ab."""
+    dy, dx = step
+    big_h, big_w = h + abs(dy) * n + 1, w + abs(dx) * n + 1
+    canvas_l, canvas_ab = texture(big_h, big_w), colour_field(big_h, big_w)
+    ls, abs_ = [], []
+    for t in range(n):
+        y0 = t * dy if dy >= 0 else big_h - h + t * dy - 1
+        x0 = t * dx if dx >= 0 else big_w - w + t * dx - 1
+        ls.append(canvas_l[y0:y0 + h, x0:x0 + w].copy())
+        abs_.append(canvas_ab[:, y0:y0 + h, x0:x0 + w].copy())
+    return ls, abs_
+
+
+def test_translating_pattern_keeps_its_colours() -> None:
+    ls, truth = translating_shot(12, 64, 96, (1, 2))
+    out = list(propagate_shot(ls, {0: truth[0]}, store=MemoryStore(), settings=FLOW_ONLY))
+    assert len(out) == 12 and out[0].shape == (2, 64, 96)
+    np.testing.assert_array_equal(out[0], truth[0].astype(np.float16).astype(np.float32))
+    # content enters at the right and bottom (2 and 1 px a frame): score what was in frame 0
+    inner = np.s_[:, 4:64 - 12, 4:96 - 22]
+    err = np.abs(out[11] - truth[11])[inner].mean()
+    copy_err = np.abs(truth[0] - truth[11])[inner].mean()
+    assert err < 2.0, err
+    assert err < copy_err / 5
+
+
+def test_long_shot_does_not_fade() -> None:
+    # 300 frames, a pattern swaying left and right by up to 4 px: colour must neither fade nor drift
+    h, w, n = 32, 48, 300
+    canvas_l, canvas_ab = texture(h, w + 8, seed=3), colour_field(h, w + 8)
+    offsets = [4 + round(4 * np.sin(2 * np.pi * t / 37)) for t in range(n)]
+    ls = [canvas_l[:, o:o + w] for o in offsets]
+    truth = [canvas_ab[:, :, o:o + w] for o in offsets]
+    out = list(propagate_shot(iter(ls), {0: truth[0]}, length=n, store=MemoryStore(), settings=FLOW_ONLY))
+    start = colourfulness(lab_to_rgb_np(ls[0], out[0]))
+    end = colourfulness(lab_to_rgb_np(ls[-1], out[-1]))
+    assert end >= 0.9 * start, (start, end)
+    inner = np.s_[:, 2:-2, 6:-6]  # away from the columns that slide in and out of view
+    assert np.abs(out[-1] - truth[-1])[inner].mean() < 4.0
+
+
+def occlusion_frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Static background, a textured square moving 10 px right: (L_s, L_t, uncovered mask of t)."""
+    h, w = 96, 128
+    back, square = texture(h, w, seed=1), texture(32, 32, seed=2) * 0.5 + 45
+    l_s, l_t = back.copy(), back.copy()
+    l_s[32:64, 42:74] = square
+    l_t[32:64, 52:84] = square
+    uncovered = np.zeros((h, w), bool)
+    uncovered[34:62, 42:52] = True  # covered in s, background in t (the square's corners left out)
+    return l_s, l_t, uncovered
+
+
+def test_occlusion_confidence_is_low_where_background_is_uncovered() -> None:
+    l_s, l_t, uncovered = occlusion_frames()
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    conf = flow_confidence(optical_flow(l_t, l_s, dis), optical_flow(l_s, l_t, dis))
+    assert conf.shape == l_t.shape and conf.min() >= 0 and conf.max() <= 1
+    far = np.zeros_like(uncovered)
+    far[:, 94:] = True  # static background, away from the square
+    assert conf[uncovered].mean() < 0.4, conf[uncovered].mean()
+    assert conf[far].mean() > 0.95, conf[far].mean()
+
+
+def test_flow_leaving_the_frame_has_no_confidence() -> None:
+    flow = np.zeros((8, 10, 2), np.float32)
+    flow[:, :, 0] = -3.0  # everything comes from 3 px to the left
+    conf = flow_confidence(flow, -flow)
+    assert (conf[:, :3] == 0).all() and (conf[:, 3:] == 1).all()
+
+
+def test_refine_snaps_colour_to_luma_edges() -> None:
+    # the source's colour edge is 2 px off the target's luma edge: the correction moves it back
+    l = np.full((16, 32), 30.0, np.float32)
+    l[:, 16:] = 70.0
+    l_src = np.full_like(l, 30.0)
+    l_src[:, 14:] = 70.0
+    ab_src = np.zeros((2, 16, 32), np.float32)
+    ab_src[0, :, 14:] = 50.0
+    fixed = refine_chroma(l, l_src, ab_src, radius=3)
+    assert np.abs(fixed[0, :, 12:16]).max() < 5.0  # dark side: no colour (was 50 at 14, 15)
+    assert np.abs(fixed[0, :, 16:] - 50.0).max() < 1e-3
+    np.testing.assert_array_equal(refine_chroma(l, l_src, ab_src, radius=0), ab_src)
+
+
+def test_fusion_weights() -> None:
+    ones = np.ones((4, 4), np.float32)
+    wa, wb = fusion_weights(ones, 5, ones, 5)
+    np.testing.assert_allclose(wa, 0.5)
+    np.testing.assert_allclose(wa + wb, 1.0)
+    wa, _ = fusion_weights(ones, 2, ones, 8)
+    np.testing.assert_allclose(wa, 0.8)
+    wa, _ = fusion_weights(np.zeros_like(ones), 5, ones, 5)  # unsure forward sweep: backward wins
+    assert (wa < 0.1).all()
+
+
+def test_frame_between_two_keyframes_uses_both() -> None:
+    l = texture(40, 56, seed=4)
+    red, blue = np.zeros((2, 40, 56), np.float32), np.zeros((2, 40, 56), np.float32)
+    red[0], blue[0] = 30.0, -30.0
+    out = list(propagate_shot([l] * 11, {0: red, 10: blue}, store=MemoryStore(), settings=FLOW_ONLY))
+    np.testing.assert_allclose(out[5][0], 0.0, atol=0.5)  # halfway: half of each
+    np.testing.assert_allclose(out[2][0], 0.8 * 30 - 0.2 * 30, atol=0.5)  # weights 1/2 : 1/8
+    np.testing.assert_allclose(out[10][0], -30.0)
+
+
+def test_frames_before_the_first_keyframe_come_from_the_backward_sweep() -> None:
+    ls, truth = translating_shot(8, 48, 64, (0, 1))
+    out = list(propagate_shot(ls, {5: truth[5]}, store=MemoryStore(), settings=FLOW_ONLY))
+    inner = np.s_[:, 4:-4, 10:-10]
+    assert np.abs(out[0] - truth[0])[inner].mean() < 2.0
+
+
+class CountingLuma:
+    """A one-pass luma source that tracks how many of the frames it handed out are still alive."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self.alive, self.max_alive = frames, 0, 0
+
+    def _gone(self) -> None:
+        self.alive -= 1
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for f in self.frames:
+            fresh = f.astype(np.float32)  # a new array per frame, like a decoder
+            self.alive += 1
+            self.max_alive = max(self.max_alive, self.alive)
+            weakref.finalize(fresh, self._gone)
+            yield fresh
+            del fresh
+
+
+def test_streaming_holds_a_bounded_number_of_frames(tmp_path: Path) -> None:
+    ls, truth = translating_shot(40, 24, 32, (0, 1))
+    source = CountingLuma(ls)
+    store = MemoryStore()
+    out = propagate_shot(source, {0: truth[0], 25: truth[25]}, length=40, store=store, settings=FLOW_ONLY)
+    frames = [ab.shape for ab in out]
+    assert len(frames) == 40
+    assert source.max_alive <= 3, source.max_alive  # the sweep keeps the previous frame, not the shot
+    assert len(store) == 0  # everything it stored was handed out and removed
+
+    def peak_bytes(n: int) -> int:
+        long_ls = [texture(48, 64, seed=i % 3) for i in range(n)]
+        tracemalloc.start()
+        for _ in propagate_shot(iter(long_ls), {0: np.zeros((2, 48, 64), np.float32)}, length=n,
+                                store=NpyStore(tmp_path / f"store{n}"), settings=FLOW_ONLY):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    # working memory does not grow with the shot's length (the frames themselves are on disk)
+    assert peak_bytes(60) < 1.5 * peak_bytes(15)
+
+
+def test_npy_store_round_trip(tmp_path: Path) -> None:
+    store = NpyStore(tmp_path / "s")
+    a = np.linspace(-100, 100, 24, dtype=np.float32).reshape(2, 3, 4)
+    store.put("ab", 7, a)
+    assert (tmp_path / "s" / "ab-0000007.npy").exists()
+    np.testing.assert_allclose(store.get("ab", 7), a, atol=0.07)  # float16
+    store.delete("ab", 7)
+    assert not any((tmp_path / "s").iterdir())
+
+
+def test_bad_inputs() -> None:
+    l = [texture(16, 16)] * 3
+    with pytest.raises(ValueError, match="at least one keyframe"):
+        list(propagate_shot(l, {}, settings=FLOW_ONLY))
+    with pytest.raises(ValueError, match="outside"):
+        list(propagate_shot(l, {3: np.zeros((2, 16, 16))}, settings=FLOW_ONLY))
+    with pytest.raises(ValueError, match="ended after 3"):
+        list(propagate_shot(iter(l), {0: np.zeros((2, 16, 16))}, length=5, settings=FLOW_ONLY))
+    with pytest.raises(ValueError, match="does not match"):
+        list(propagate_shot(l, {0: np.zeros((2, 8, 8))}, settings=FLOW_ONLY))
+
+
+def test_warp_follows_the_flow() -> None:
+    img = texture(20, 30)[None]
+    flow = np.zeros((20, 30, 2), np.float32)
+    flow[..., 0] = 2.0
+    np.testing.assert_allclose(warp(img, flow)[0, :, :-2], img[0, :, 2:], atol=1e-4)
+    assert (warp(img, flow, border=0.0)[0, :, -1] == 0).all()
+
+
+def test_working_resolution_and_4k_upsampling() -> None:
+    # a 4K frame: only the working-resolution frame is processed; chroma comes back full size
+    l_full = np.full((2160, 3840), 40.0, np.float32)
+    l_full[:, 1921:] = 80.0  # an edge that falls inside a working-resolution pixel
+    small = to_working(l_full, 256)
+    assert small.shape == (256, 455)
+    ab = np.zeros((2, 256, 455), np.float32)
+    ab[0, :, 228:] = 60.0
+    up = upsample_chroma(ab, l_full)
+    assert up.shape == (2, 2160, 3840) and up.dtype == np.float32
+    assert abs(float(up[0, 1000, 1900])) < 10 and abs(float(up[0, 1000, 1940]) - 60) < 10
+
+
+@pytest.mark.skipif(not DAVIS.is_dir(), reason=f"DAVIS not available at {DAVIS}")
+def test_davis_beats_copying_the_keyframe() -> None:
+    from model.color import rgb_to_lab
+
+    frames = sorted((DAVIS / "car-shadow" / "frames").glob("*.jpg"))[:10]
+    labs = []
+    for p in frames:
+        rgb = cv2.cvtColor(cv2.resize(cv2.imread(str(p)), (320, 180), interpolation=cv2.INTER_AREA),
+                           cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+        labs.append(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].numpy())
+    settings = PropagationSettings(work_size=128, attention_every=4)
+    luma = [to_working(lab[0], 128) for lab in labs]
+    size = luma[0].shape[::-1]
+    key = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in labs[0][1:]])
+    out = list(propagate_shot(luma, {0: key}, store=MemoryStore(), settings=settings))
+
+    def score(t: int, ab: np.ndarray) -> float:
+        truth = lab_to_rgb_np(labs[t][0], labs[t][1:])
+        return psnr(np.clip(lab_to_rgb_np(labs[t][0], upsample_chroma(ab, labs[t][0])), 0, 1), np.clip(truth, 0, 1))
+
+    ours = np.mean([score(t, out[t]) for t in range(1, 10)])
+    copy = np.mean([score(t, key) for t in range(1, 10)])
+    assert ours > copy + 1.0, (ours, copy)
