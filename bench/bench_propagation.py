@@ -245,9 +245,9 @@ def evaluate(shot: Shot, variant: str, methods: dict[str, Method], work_size: in
                 continue
             scores["psnr"].append(psnr(rgb, shot.rgb[t]))
             scores["ssim"].append(ssim(rgb, shot.rgb[t]))
-            if len(scores["psnr"]) % lpips_every == 1 or lpips_every == 1:
+            if (len(scores["psnr"]) - 1) % lpips_every == 0:
+                pair = [torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None] for x in (rgb, shot.rgb[t])]
                 with torch.inference_mode():
-                    pair = [torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None] for x in (rgb, shot.rgb[t])]
                     scores["lpips_approx"].append(float(lpips_model(*pair)[0]))
         complete = len(rgbs) == shot.n
         result = {k: float(np.mean(v)) for k, v in scores.items()}
@@ -283,7 +283,8 @@ def markdown(result: dict) -> str:
         summary = block["summary"]
         lines += [f"Variant {variant}: {len(block['shots'])} sequences, mean over sequences "
                   f"(LPIPS is an approximation of LPIPS-VGG; warp error x1e3)", "",
-                  "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | warp err ↓ | CDC ↓ | frames/s |", "|---|---|---|---|---|---|---|"]
+                  "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | warp err ↓ | CDC ↓ | frames/s |",
+                  "|---|---|---|---|---|---|---|"]
 
         def cell(s: dict, k: str, fmt: str, scale: float = 1.0) -> str:
             return format(s[k] * scale, fmt) if k in s else "–"
@@ -291,8 +292,9 @@ def markdown(result: dict) -> str:
         for m, s in summary.items():
             if m == "truth":
                 continue
-            lines.append(f"| {m} | {cell(s, 'psnr', '.2f')} | {cell(s, 'ssim', '.4f')} | {cell(s, 'lpips_approx', '.4f')} | "
-                         f"{cell(s, 'warp_error', '.3f', 1e3)} | {cell(s, 'cdc', '.5f')} | {cell(s, 'fps', '.2f')} |")
+            lines.append(f"| {m} | {cell(s, 'psnr', '.2f')} | {cell(s, 'ssim', '.4f')} | "
+                         f"{cell(s, 'lpips_approx', '.4f')} | {cell(s, 'warp_error', '.3f', 1e3)} | "
+                         f"{cell(s, 'cdc', '.5f')} | {cell(s, 'fps', '.2f')} |")
         t = summary["truth"]
         lines.append(f"| (ground truth) | | | | {t['warp_error'] * 1e3:.3f} | {t['cdc']:.5f} | |")
         if "full" in summary:
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="short side of the working resolution, px (default: %(default)s)")
     parser.add_argument("--image-stride", type=int, default=1,
                         help="run the per-frame image model on every K-th non-keyframe (default: %(default)s)")
-    parser.add_argument("--lpips-every", type=int, default=5, help="LPIPS on every K-th scored frame (default: %(default)s)")
+    parser.add_argument("--lpips-every", type=int, default=5,
+                        help="LPIPS on every K-th scored frame (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
     args = parser.parse_args(argv)
 

@@ -8,11 +8,16 @@ Reels (made in a temporary folder unless ``--work`` is given, where they are kep
 - ``film-grey``: the three black-and-white film excerpts of ../shared/data/film back to back
   (1280x720, 24 fps): grain, flicker, two hard cuts.
 - ``testvideo`` / ``fades``: ../shared/data/reels/*.mp4 as they are (colour), and ``-grey`` copies.
+- ``film-grey-prores``, ``testvideo-grey-prores``, ``davis-grey-0-prores``: the same reels as
+  ProRes 422 HQ, an intra-only archive master (every frame a keyframe), where postprod reads
+  coarse-to-fine (``postprod-dense`` times it decoding every frame).
 
 For each reel: our ``detect_shots`` and PySceneDetect's ContentDetector and AdaptiveDetector with
 their defaults (ThresholdDetector too on the reels with fades), and ContentDetector(luma_only=True),
 its setting for footage without colour; each through its own decoder,
-interleaved ``--repeat`` times; wall time includes opening and decoding. A detected boundary
+interleaved ``--repeat`` times; wall time includes opening and decoding, and so does CPU time
+(all threads of the process: the work done, which a loaded machine does not inflate as it does
+wall time). A detected boundary
 (first frame of a new shot) matches a true one when it lies within 1 frame of the true cut, or
 of the true transition's frame range for fades and dissolves; each true transition matches once.
 """
@@ -35,6 +40,8 @@ import cv2
 import numpy as np
 
 from pipeline.files import atomic_output
+from pipeline.media.decode import is_intra_only
+from pipeline.media.probe import scan_packets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DAVIS_FPS = Fraction(24)
@@ -66,25 +73,62 @@ FADES_TRUTH = ((36, 47), (78, 89), (120, 130), (161, 172), (203, 214))
 # every 8th frame): joined back to back they make a grainy archive reel with two known hard cuts.
 FILM_EXCERPTS = ("v07", "v32", "v39")
 
+# Reels also benchmarked as ProRes 422 HQ (intra-only, as archive masters are): a film reel, one
+# made mostly of gradual transitions, one of constant fast motion.
+INTRA_COPIES = ("film-grey", "testvideo-grey", "davis-grey-0")
+
 Truth = tuple[tuple[int, int], ...]
 
 
-def write_grey_reel(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, crf: int = 18) -> int:
-    """Encode full-range grey frames ((H, W) uint8, H and W even) as H.264 yuv420p; return the count.
+# codec -> (pixel format, encoder options): H.264 as a camera or web source has it (long GOP,
+# B-frames), ProRes 422 HQ and MJPEG as intra-only masters (every frame a keyframe)
+ENCODINGS: dict[str, tuple[str, dict[str, str]]] = {
+    "libx264": ("yuv420p", {"preset": "fast"}),
+    "prores": ("yuv422p10le", {"profile": "3"}),  # HQ
+    "mjpeg": ("yuvj420p", {}),
+    "ffv1": ("yuv420p", {}),  # lossless
+}
 
-    The luma is stored limited-range (0 -> 16, 255 -> 235) with neutral chroma, like a grey scan.
+
+def write_grey_reel(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, crf: int = 18,
+                    codec: str = "libx264", timecode: str | None = None, audio: bool = False) -> int:
+    """Encode full-range grey frames ((H, W) uint8, H and W even) with ``codec`` (see ENCODINGS); return the count.
+
+    The luma is stored limited-range (0 -> 16, 255 -> 235; MJPEG: full range, as JPEG has it) with
+    neutral chroma, like a grey scan. ``crf``: H.264 quality; MJPEG is written at qscale 2.
+    ``timecode``: start timecode metadata (e.g. ``"10:00:00:00"``); ``audio``: add a stereo 48 kHz
+    AAC tone as long as the video (an archive's sound track, to check it is copied untouched).
     """
+    pix_fmt, options = ENCODINGS[codec]
     count = 0
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "fast"})
-        stream.pix_fmt = "yuv420p"
+        stream = out.add_stream(codec, rate=fps, options=options | ({"crf": str(crf)} if codec == "libx264" else {}))
+        stream.pix_fmt = pix_fmt
+        stream.time_base = 1 / fps
+        if timecode:
+            stream.metadata["timecode"] = timecode
+        if codec == "mjpeg":
+            stream.codec_context.qscale = 2
+        sound = out.add_stream("aac", rate=48000) if audio else None
+        if sound is not None:
+            sound.layout = "stereo"
         for grey in frames:
             if count == 0:
                 stream.height, stream.width = grey.shape
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(grey), format="gray").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(grey), format="gray").reformat(format=pix_fmt)
+            frame.pts = count
             out.mux(stream.encode(frame))
             count += 1
         out.mux(stream.encode(None))
+        if sound is not None:
+            rate, block, total = 48000, 1024, int(count / fps * 48000)
+            for start in range(0, total, block):
+                tone = (0.05 * np.sin(2 * np.pi * 440 * np.arange(start, min(start + block, total)) / rate))
+                samples = av.AudioFrame.from_ndarray(np.stack([tone, tone]).astype(np.float32), format="fltp",
+                                                     layout="stereo")
+                samples.sample_rate, samples.pts = rate, start
+                out.mux(sound.encode(samples))
+            out.mux(sound.encode(None))
     return count
 
 
@@ -96,11 +140,11 @@ def davis_reel(davis: Path, sequences: Sequence[str], dest: Path) -> Truth:
     return tuple((int(c), int(c)) for c in cuts)
 
 
-def grey_video_reel(sources: Sequence[Path], dest: Path) -> Truth:
+def grey_video_reel(sources: Sequence[Path], dest: Path, *, codec: str = "libx264") -> Truth:
     """``sources`` back to back with their chroma dropped, at the first one's size and frame rate.
 
     Returns the joins as (frame, frame) ranges (none for a single source): a grey copy of one
-    video, or a reel of several with hard cuts known exactly.
+    video, or a reel of several with hard cuts known exactly. ``codec``: see ENCODINGS.
     """
     from pipeline.media.decode import iter_frames
     from pipeline.media.probe import probe
@@ -115,7 +159,7 @@ def grey_video_reel(sources: Sequence[Path], dest: Path) -> Truth:
                 grey = to_full_range_uint8(f.luma, f.bit_depth, info.luma_range == "tv")
                 yield grey if grey.shape[::-1] == size else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
-    write_grey_reel(dest, frames(), infos[0].fps)
+    write_grey_reel(dest, frames(), infos[0].fps, codec=codec)
     return tuple((int(c), int(c)) for c in np.cumsum([i.frames for i in infos])[:-1])
 
 
@@ -144,6 +188,13 @@ def ours(path: Path) -> list[int]:
     from pipeline.shots import detect_shots
 
     return [s.start for s in detect_shots(path).shots[1:]]
+
+
+def ours_dense(path: Path) -> list[int]:
+    """:func:`pipeline.shots.detect_shots` decoding every frame (no coarse-to-fine pass)."""
+    from pipeline.shots import ShotSettings, detect_shots
+
+    return [s.start for s in detect_shots(path, settings=ShotSettings(coarse_step=1)).shots[1:]]
 
 
 def scenedetect_method(name: str, **options: object) -> Callable[[Path], list[int]]:
@@ -222,6 +273,12 @@ def build_reels(work: Path) -> list[tuple[str, Path, Truth, bool]]:
         grey = work / f"{name}-grey.mp4"
         grey_video_reel([src], grey)
         reels += [(name, src, truth, True), (f"{name}-grey", grey, truth, True)]
+    for name, src, truth, has_fades in list(reels):
+        if name in INTRA_COPIES:
+            dest = work / f"{name}-prores.mov"
+            print(f"encoding {dest.name}", file=sys.stderr)
+            grey_video_reel([src], dest, codec="prores")
+            reels.append((dest.stem, dest, truth, has_fades))
     return reels
 
 
@@ -238,18 +295,23 @@ def run(work: Path, repeat: int) -> dict:
     results: dict[str, dict] = {}
     for name, path, truth, has_fades in build_reels(work):
         chosen = {m: f for m, f in methods.items() if has_fades or not m.endswith("threshold")}
+        if is_intra_only(scan_packets(path)):  # where postprod reads coarse-to-fine: the dense path too
+            chosen = {"postprod": ours, "postprod-dense": ours_dense} | chosen
         timed = chosen | {f"decode-only-{k}": f for k, f in DECODE_ONLY.items()}
         found: dict[str, list[int]] = {}
         times: dict[str, list[float]] = {m: [] for m in timed}
+        cpu: dict[str, list[float]] = {m: [] for m in timed}  # CPU time of all threads: the work, whatever the load
         for _ in range(repeat):  # interleaved, so a busy machine slows every method alike
             for m, detect in timed.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 found[m] = detect(path)
                 times[m].append(time.perf_counter() - t0)
+                cpu[m].append(time.process_time() - c0)
         results[name] = {
             "path": str(path), "truth": [list(r) for r in truth],
             "methods": {m: {"found": found[m], **score(found[m], truth), "seconds_min": min(times[m]),
-                            "seconds_median": statistics.median(times[m]), "seconds_all": times[m]}
+                            "seconds_median": statistics.median(times[m]), "seconds_all": times[m],
+                            "cpu_seconds_min": min(cpu[m])}
                         for m in chosen},
             "decode_only_seconds_min": {k: min(times[f"decode-only-{k}"]) for k in DECODE_ONLY},
         }
@@ -267,14 +329,14 @@ def run(work: Path, repeat: int) -> dict:
 
 
 def davis_total(results: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Per method, the scores pooled over the DAVIS reels (counts summed) and the summed time."""
+    """Per method, the scores pooled over the DAVIS reels (counts summed) and the summed times."""
     total: dict[str, dict[str, float]] = {}
     for name, reel in results.items():
-        if not name.startswith("davis-"):
+        if name not in {f"davis-grey-{seed}" for seed in DAVIS_SEEDS}:  # the H.264 reels, not the ProRes copy
             continue
         for m, r in reel["methods"].items():
-            t = total.setdefault(m, {"tp": 0, "fp": 0, "fn": 0, "seconds_min": 0.0})
-            for k in ("tp", "fp", "fn", "seconds_min"):
+            t = total.setdefault(m, {"tp": 0, "fp": 0, "fn": 0, "seconds_min": 0.0, "cpu_seconds_min": 0.0})
+            for k in ("tp", "fp", "fn", "seconds_min", "cpu_seconds_min"):
                 t[k] += r[k]
     for t in total.values():
         p = t["tp"] / (t["tp"] + t["fp"]) if t["tp"] + t["fp"] else 0.0
@@ -284,18 +346,19 @@ def davis_total(results: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def markdown_table(report: dict) -> str:
-    """Scores and best wall times per reel and method (speed-up over ContentDetector), then decode floors."""
-    rows = ["| reel | method | precision | recall | F1 | TP/FP/FN | time (s) | ContentDetector time / this |",
-            "|---|---|---|---|---|---|---|---|"]
+    """Scores, best wall and CPU times per reel and method (speed-ups over ContentDetector), then decode floors."""
+    rows = ["| reel | method | precision | recall | F1 | TP/FP/FN | time (s) | ContentDetector time / this "
+            "| CPU (s) | ContentDetector CPU / this |", "|---|---|---|---|---|---|---|---|---|---|"]
     pooled = [(f"DAVIS, {len(DAVIS_SEEDS)} reels pooled", {"methods": report["davis_total"]})] \
         if report["davis_total"] else []
     named = [*report["reels"].items(), *pooled]
     for name, reel in named:
-        base = reel["methods"].get("pyscenedetect-content", {}).get("seconds_min")
+        content = reel["methods"].get("pyscenedetect-content", {})
         for m, r in reel["methods"].items():
-            speed = f"{base / r['seconds_min']:.2f}x" if base else "-"
+            speed = [f"{content[k] / r[k]:.2f}x" if content else "-" for k in ("seconds_min", "cpu_seconds_min")]
             rows.append(f"| {name} | {m} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
-                        f"{r['tp']}/{r['fp']}/{r['fn']} | {r['seconds_min']:.2f} | {speed} |")
+                        f"{r['tp']}/{r['fp']}/{r['fn']} | {r['seconds_min']:.2f} | {speed[0]} | "
+                        f"{r['cpu_seconds_min']:.2f} | {speed[1]} |")
     rows += ["", "| reel | PyAV decode only (s) | OpenCV decode only (s) | postprod (s) | ContentDetector (s) |",
              "|---|---|---|---|---|"]
     for name, reel in report["reels"].items():

@@ -161,20 +161,26 @@ def correlation(query: Tensor, key: Tensor) -> Tensor:
     return torch.einsum("bct,bcr->btr", normalise_superfeatures(query), normalise_superfeatures(key))
 
 
-def attention(scores: Tensor, tau: float = DEFAULT_TAU, allowed: Tensor | None = None) -> Tensor:
+def attention(scores: Tensor, tau: float | Tensor = DEFAULT_TAU, allowed: Tensor | None = None,
+              log_prior: Tensor | None = None) -> Tensor:
     """Row softmax of ``scores / tau`` (paper eq. 2, thesis eq. 4.3) over the allowed columns.
 
     Args:
         scores: (B, N_t, N_r) correlations.
-        tau: temperature > 0; tau -> 0 approaches a one-hot argmax per row.
+        tau: temperature > 0, a float or a tensor broadcastable to (B, N_t, N_r) (e.g. one per row,
+            (B, N_t, 1)); tau -> 0 approaches a one-hot argmax per row.
         allowed: (B, N_t, N_r) bool or None (all allowed).
+        log_prior: (B, N_t, N_r) float or None: added to the logits, i.e. the rows become
+            ``softmax(scores / tau) * exp(log_prior)`` renormalised (a prior on the pairs).
 
     Returns:
         (B, N_t, N_r): rows sum to 1, or are all 0 where no column is allowed.
     """
-    if tau <= 0:
+    if (torch.as_tensor(tau) <= 0).any():
         raise ValueError(f"tau must be > 0, got {tau}")
     logits = scores / tau
+    if log_prior is not None:
+        logits = logits + log_prior
     if allowed is None:
         return logits.softmax(dim=-1)
     weights = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)

@@ -43,6 +43,20 @@ Deviations from the thesis (ch. 4 transfers between two colour images):
   superpixels do not give infinite weights.
 * Regrain starts from the graded image and runs the coarsest pyramid level longest (see
   :func:`regrain`).
+* Lightness prior in matching (ours): the attention logits get ``-(L_t - L_r)^2 / (2 * 5^2)``,
+  ``L_t`` a target superpixel's mean L and ``L_r`` a reference superpixel's, remapped to the
+  target's L mean and spread (luminance remapping, Hertzmann et al. 2001): features of grey
+  images alone confuse dark and light things of similar texture. Harness (24 DAVIS pairs):
+  protocol A 30.62 -> 31.07 dB; protocol B with masks 7.15 -> 6.31 in-mask ab error.
+* Masked matching (ours, on top of thesis §6.3's restriction to the paired reference mask):
+  rows restricted to a mask pair use the temperature ``2 tau`` (inside a mask, where the wrong
+  object is already excluded, a softer choice averages over the object's parts), and a
+  Gaussian prior (sigma = 1 in units of the masks' standard deviations) favours reference
+  superpixels at the same relative position in the paired object (top of the object to top).
+  Harness protocol B with masks: 6.44 with tau, 6.54 without the position prior, 6.31 with both.
+* Steps 6-7 run per mask region (:func:`per_region`): each region's regrain and guided filter
+  see only that region's colours (extended smoothly outside it), so no colour crosses a mask
+  border (without it, border errors up to 41 ab units over 8+ px were measured).
 * Steps 1 and 7 (working resolution, guided upsampling) are ours, for any input size.
 """
 from __future__ import annotations
@@ -71,6 +85,9 @@ L_VARIANCE_FLOOR = 1.0  # (L units)^2
 GUIDE_RADIUS = 4  # guided filter radius, in working-resolution pixels
 GUIDE_EPS = 1e-3  # guided filter regulariser, in (L/100)^2
 FUSION_CHUNK = 1 << 16  # pixels per fusion chunk (bounds memory)
+LIGHTNESS_SIGMA = 5.0  # L units: scale of the lightness prior in matching (see the module notes)
+MASK_TAU_SCALE = 2.0  # rows restricted to a mask pair match with temperature tau * this
+OBJECT_POSITION_SIGMA = 1.0  # object-frame units (mask standard deviations): mask pairs' position prior
 
 
 def working_size(height: int, width: int, work_size: int) -> tuple[int, int]:
@@ -89,6 +106,141 @@ def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """(H, W) bool -> (*size) bool, by area coverage >= 1/2."""
     return resize(mask[None, None].float(), size)[0, 0] >= 0.5
+
+
+def remap_lightness(l: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    """Luminance remapping (Hertzmann et al. 2001, Welsh et al. 2002): ``l``, a lightness of the
+    ``source`` image, moved so that ``source`` would have the mean and standard deviation of ``target``.
+
+    Args:
+        l: (...) L in [0, 100] (e.g. superpixel means of the source).
+        source: (...) L of the source image (any shape).
+        target: (...) L of the target image (any shape).
+
+    Returns:
+        (...) like ``l``.
+    """
+    scale = target.std() / source.std().clamp(min=1e-3) if source.numel() > 1 and target.numel() > 1 else 1.0
+    return (l - source.mean()) * scale + target.mean()
+
+
+def lightness_log_prior(mean_t: Tensor, mean_r: Tensor, sigma: float) -> Tensor:
+    """Log of a Gaussian prior on matching superpixels of similar lightness.
+
+    Args:
+        mean_t: (N_t,) mean L of the target superpixels.
+        mean_r: (N_r,) mean L of the reference superpixels (remapped to the target's range).
+        sigma: L units.
+
+    Returns:
+        (N_t, N_r) ``-(mean_t[i] - mean_r[j])^2 / (2 sigma^2)``.
+    """
+    return -(mean_t[:, None] - mean_r[None, :]) ** 2 / (2.0 * sigma**2)
+
+
+def superpixel_centroids(labels: Tensor) -> Tensor:
+    """(h, w) int64 labels ``0..N-1`` -> (N, 2) float32 centroids (y, x) in px."""
+    h, w = labels.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device, dtype=torch.float32),
+                            torch.arange(w, device=labels.device, dtype=torch.float32), indexing="ij")
+    return encode_superfeatures(torch.stack([ys, xs])[None], labels[None], "mean")[0][0].T
+
+
+def object_coordinates(points: Tensor, mask: Tensor) -> Tensor:
+    """Points in the frame of a masked object: minus the mask's centroid, divided by its standard
+    deviation along each axis (so "top of the object" means the same in two images).
+
+    Args:
+        points: (N, 2) (y, x) px.
+        mask: (h, w) bool, the object.
+
+    Returns:
+        (N, 2) float, unitless; zeros for an empty mask.
+    """
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return torch.zeros_like(points)
+    pixels = torch.stack([ys, xs], 1).to(points.dtype)
+    # floor of 1 px: a mask one pixel wide has no spread along that axis
+    return (points - pixels.mean(0)) / pixels.std(0, unbiased=False).clamp(min=1.0)
+
+
+def object_position_log_prior(member_t: Tensor, member_r: Tensor, coords_t: Tensor, coords_r: Tensor,
+                              sigma: float) -> Tensor:
+    """Log of a Gaussian prior on matching superpixels at similar positions in paired objects.
+
+    For target superpixel i and reference superpixel j both in mask pair k, the prior is
+    ``-|coords_t[k, i] - coords_r[k, j]|^2 / (2 sigma^2)`` (the largest over such k); pairs sharing
+    no mask pair get 0 (rows without masks keep the plain matching; other columns are not allowed).
+
+    Args:
+        member_t: (N_t, K) bool, target superpixels in target mask k.
+        member_r: (N_r, K) bool, reference superpixels in reference mask k.
+        coords_t: (K, N_t, 2) target centroids in the frame of target mask k (:func:`object_coordinates`).
+        coords_r: (K, N_r, 2) reference centroids in the frame of reference mask k.
+        sigma: in object-frame units.
+
+    Returns:
+        (N_t, N_r) float, <= 0.
+    """
+    shared = member_t.T[:, :, None] & member_r.T[:, None, :]  # (K, N_t, N_r)
+    log = -torch.cdist(coords_t, coords_r) ** 2 / (2.0 * sigma**2)
+    best = torch.where(shared, log, float("-inf")).amax(dim=0)
+    return torch.where(shared.any(dim=0), best, 0.0)
+
+
+def extend_region(x: Tensor, inside: Tensor) -> Tensor:
+    """``x`` inside a region, and outside it a smooth extension of the inside values only (push-pull
+    interpolation: average-pool the covered values until every pixel is covered, then fill back).
+
+    Args:
+        x: (B, C, H, W) float.
+        inside: (H, W) bool with at least one True.
+
+    Returns:
+        (B, C, H, W): equal to ``x`` where ``inside``; elsewhere a function of ``x[..., inside]`` alone.
+    """
+    weight = inside.to(x.dtype)[None, None]
+    return _push_pull(x * weight, weight)
+
+
+def _push_pull(weighted: Tensor, weight: Tensor) -> Tensor:
+    """Fill where ``weight`` (B', 1, H, W) in [0, 1] is below 1, from the premultiplied ``weighted``."""
+    mean = weighted / weight.clamp(min=1e-12)
+    if bool((weight > 0).all()) or max(weight.shape[-2:]) <= 1:
+        return mean
+    coarse = _push_pull(F.avg_pool2d(weighted, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True))
+    up = F.interpolate(coarse, size=tuple(weight.shape[-2:]), mode="bilinear", align_corners=False)
+    return weight * mean + (1 - weight) * up
+
+
+def per_region(op: Callable[[Tensor], Tensor], x: Tensor, regions: Tensor,
+               out_regions: Tensor | None = None) -> Tensor:
+    """Apply ``op`` to each region alone, so that no value crosses a region border.
+
+    For each region r, ``op`` sees ``x`` inside r and :func:`extend_region`'s extension of it
+    elsewhere; the output takes ``op``'s result on the pixels of r. An output pixel of r thus only
+    depends on the input pixels of r.
+
+    Args:
+        op: (B, C, H, W) -> (B, C', H', W').
+        x: (B, C, H, W).
+        regions: (H, W) int64 region ids of ``x``'s pixels.
+        out_regions: (H', W') int64 region ids of the output pixels (same ids); default ``regions``.
+
+    Returns:
+        (B, C', H', W'); output pixels of a region absent from ``regions`` come from ``op(x)``.
+    """
+    out_regions = regions if out_regions is None else out_regions
+    ids = torch.unique(regions).tolist()
+    if len(ids) == 1:
+        return op(x)
+    results = {r: op(extend_region(x, regions == r)) for r in ids}
+    # output pixels of a region too thin to survive in ``regions`` (resizing) take the unrestricted op
+    out = op(x) if bool(torch.isin(out_regions, regions.new_tensor(ids), invert=True).any()) else results[ids[0]]
+    for r in ids:
+        out = torch.where(out_regions == r, results[r], out)
+    return out
 
 
 def superfeature_levels(features: FeatureExtractor, l: Tensor, labels: Tensor, reduce: Reduce) -> list[Tensor]:
@@ -298,12 +450,9 @@ def guided_upsample(ab: Tensor, l: Tensor, radius: int = GUIDE_RADIUS, eps: floa
     return guided_blur(l / 100.0, up, 2 * full_radius + 1, eps, subsample=max(1, int(scale)))
 
 
-def _segment(l: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-    """SLIC labels (h, w) of L (1, 1, h, w), split along the regions of ``masks`` (each (h, w))."""
-    if not masks:
-        return superpixels(l[0, 0] / 100.0), None
-    regions = region_map(torch.stack(masks))
-    return superpixels(l[0, 0] / 100.0, mask=regions), regions
+def _segment(l: Tensor, regions: Tensor | None) -> Tensor:
+    """SLIC labels (h, w) of L (1, 1, h, w), each region of ``regions`` ((h, w) int64) segmented alone."""
+    return superpixels(l[0, 0] / 100.0, mask=regions)
 
 
 @torch.no_grad()
@@ -353,41 +502,59 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     # 1-2. working resolution and superpixels
     size_t = working_size(*target_l.shape[-2:], work_size)
     l_t = resize(target_l.float(), size_t)
-    target_masks = [resize_mask(tm.to(device), size_t) for ref_pairs in pairs for tm, _ in ref_pairs]
-    labels_t, regions_t = _segment(l_t, target_masks)
+    full_masks = [tm.to(device) for ref_pairs in pairs for tm, _ in ref_pairs]
+    target_masks = [resize_mask(tm, size_t) for tm in full_masks]
+    regions_t, regions_full = _region_maps(target_masks, full_masks)
+    labels_t = _segment(l_t, regions_t)
     n_t = int(labels_t.max()) + 1
 
-    # 3. super-features; references concatenated along N
+    # 3. super-features, and mean L for the lightness prior; references concatenated along N
     levels_t = superfeature_levels(features, l_t, labels_t, reduce)
     levels_r: list[list[Tensor]] = []
-    colours_r, member_r = [], []
+    colours_r, member_r, lightness_r, coords_r = [], [], [], []
     k_total, first = len(target_masks), 0
     for ref, ref_pairs in zip(reference_lab, pairs):
         lab = resize(ref.to(device).float(), working_size(*ref.shape[-2:], work_size))
         ref_masks = [resize_mask(rm.to(device), tuple(lab.shape[-2:])) for _, rm in ref_pairs]
-        labels, _ = _segment(lab[:, :1], ref_masks)
+        labels = _segment(lab[:, :1], region_map(torch.stack(ref_masks)) if ref_masks else None)
         levels_r.append(superfeature_levels(features, lab[:, :1], labels, reduce))
         colours_r.append(encode_superfeatures(lab[:, 1:], labels[None], "mean")[0])
+        lightness_r.append(encode_superfeatures(remap_lightness(lab[:, :1], lab[:, :1], l_t), labels[None],
+                                                "mean")[0][0, 0])
         # membership in this reference's masks, placed in its columns of the K mask pairs
         member = torch.zeros(1, int(labels.max()) + 1, k_total, dtype=torch.bool, device=device)
         if ref_masks:
             member[..., first:first + len(ref_masks)] = superpixel_membership(
                 labels[None], torch.stack(ref_masks)[None], member.shape[1])
         member_r.append(member)
+        centroids = superpixel_centroids(labels)
+        # this reference's superpixels in the frame of every mask pair (only its own pairs matter)
+        coords_r.append(torch.stack([object_coordinates(centroids, ref_masks[k - first])
+                                     if first <= k < first + len(ref_masks) else torch.zeros_like(centroids)
+                                     for k in range(k_total)]) if k_total else None)
         first += len(ref_masks)
     colours = torch.cat(colours_r, dim=2)  # (1, 2, N_r)
 
-    # 4. matching: average of the per-level attention maps (eq. 4.4, omega_l = 1)
-    allowed = None
+    # 4. matching: average of the per-level attention maps (eq. 4.4, omega_l = 1), each with the
+    # lightness prior; rows restricted to a mask pair use a softer temperature (module notes)
+    lightness_t = encode_superfeatures(l_t, labels_t[None], "mean")[0][0, 0]
+    prior = lightness_log_prior(lightness_t, torch.cat(lightness_r), LIGHTNESS_SIGMA)[None]
+    allowed, temperature = None, torch.full((1, n_t, 1), tau, device=device)
     if target_masks:
         member_t = superpixel_membership(labels_t[None], torch.stack(target_masks)[None], n_t)
-        allowed = pair_mask(member_t, torch.cat(member_r, dim=1),
-                            torch.ones(1, colours.shape[2], dtype=torch.bool, device=device))
-    attn = torch.stack([attention(correlation(f_t, torch.cat(f_r, dim=2)), tau, allowed)
+        members = torch.cat(member_r, dim=1)
+        allowed = pair_mask(member_t, members, torch.ones(1, colours.shape[2], dtype=torch.bool, device=device))
+        restricted = (member_t & members.any(dim=1, keepdim=True)).any(dim=-1, keepdim=True)
+        temperature = torch.where(restricted, tau * MASK_TAU_SCALE, temperature)
+        centroids_t = superpixel_centroids(labels_t)
+        coords_t = torch.stack([object_coordinates(centroids_t, tm) for tm in target_masks])
+        prior = prior + object_position_log_prior(member_t[0], members[0], coords_t, torch.cat(coords_r, dim=1),
+                                                  OBJECT_POSITION_SIGMA)[None]
+    attn = torch.stack([attention(correlation(f_t, torch.cat(f_r, dim=2)), temperature, allowed, prior)
                         for f_t, *f_r in zip(levels_t, *levels_r)]).mean(dim=0)
     attended = torch.einsum("btr,bcr->btc", attn, colours)[0]  # (N_t, 2)
 
-    # 5. colour fusion
+    # 5. colour fusion, within each mask region
     region_of_sp = None
     if regions_t is not None:
         region_of_sp = torch.zeros(n_t, dtype=torch.int64, device=device).scatter_(
@@ -395,12 +562,26 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     ab = colour_fusion(l_t[0, 0], labels_t, attended, delta_s=delta_s, delta_c=delta_c,
                        fusion_radius=fusion_radius, regions=region_of_sp)[None]
 
-    # 6. regrain in sRGB against the grey target
-    if regrain_output:
-        ab = regrain_ab(l_t, ab)
+    # 6-7. regrain in sRGB against the grey target, then back to full resolution guided by the
+    # full-resolution L; with masks each region alone, so no colour crosses a mask border
+    def post(chroma: Tensor) -> Tensor:
+        return guided_upsample(regrain_ab(l_t, chroma) if regrain_output else chroma, target_l.float())
 
-    # 7. back to full resolution, guided by the full-resolution L
-    return guided_upsample(ab, target_l.float())
+    if regions_t is None or regions_full is None:
+        return post(ab)
+    return per_region(post, ab, regions_t, regions_full)
+
+
+def _region_maps(masks: list[Tensor], full_masks: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
+    """Region ids (thesis §6.3 regions of equal mask membership, see ``region_map``) of the
+    working-resolution masks (each (h, w) bool) and of the full-resolution ones (each (H, W)),
+    numbered consistently; (None, None) without masks."""
+    if not masks:
+        return None, None
+    k = len(masks)
+    small, full = torch.stack(masks).reshape(k, 1, -1), torch.stack(full_masks).reshape(k, 1, -1)
+    both = region_map(torch.cat([small, full], dim=2))[0]
+    return both[:small.shape[2]].reshape(masks[0].shape), both[small.shape[2]:].reshape(full_masks[0].shape)
 
 
 class ColourTransfer(nn.Module):

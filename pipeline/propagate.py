@@ -13,23 +13,34 @@ Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.m
 
    a. Flow: OpenCV DIS (medium preset) on 8-bit L, both ways between t and s.
    b. Occlusion confidence: forward-backward consistency (Sundaram, Brox & Keutzer 2010,
-      |w + w'|^2 < alpha (|w|^2 + |w'|^2) + beta, made soft: exp(-excess)); 0 where the flow
-      leaves the frame. The path confidence C_t = warp(C_s) * consistency_t is the product
-      along the chain back to the keyframe: a pixel that was ever occluded or came in from
-      outside stays low until re-anchored (step d).
-   c. Propagated colour: s's output ab and L warped to t, then a local luma-guided correction:
-      each pixel takes a softmax-weighted mean of the warped ab within ``search_radius`` px,
-      weighted by the 3x3 patch distance between its L and the warped L (plus a distance
-      penalty). It snaps colour edges to the current frame's luma edges where the flow is a few
-      pixels off; chaining bare warps smears colour across edges and over time.
-   d. Attention term (re-anchoring): every ``attention_every`` frames, when some of the frame
-      has low path confidence, the exemplar colorizer (default: the training-free
-      super-attention transfer of ``model.transfer`` at ``attention_size``) colours t from the
-      sweep's keyframe and s's output. Between computations the term is carried by steps a-c,
-      and each new computation is averaged with the carried one (``attention_blend``), so the
-      term does not flicker. Before the first computation it is the keyframe's colour.
-   e. Output: C * propagated + (1 - C) * attention term: confident pixels follow the flow,
-      occluded or new ones the attention term.
+      |w + w'|^2 < alpha (|w|^2 + |w'|^2) + beta; 1 inside the tolerance, decaying beyond);
+      0 where the flow leaves the frame. The path confidence C_t = warp(C_s) * consistency_t
+      is the product along the chain back to the keyframe: a pixel that was ever occluded or
+      came in from outside the frame stays low.
+   c. Propagated colour: s's output ab and L warped to t, then a local luma-guided correction
+      (:func:`refine_chroma`): each pixel takes a softmax-weighted mean of the warped ab within
+      ``search_radius`` px, weighted by the 3x3 patch distance between its L and the warped L
+      plus a distance penalty. It snaps colour edges back onto the current frame's luma edges
+      where the flow is a few pixels off (DAVIS blackswan, 50 frames, working-resolution
+      PSNR: bare chained warping 28.0 dB, with the correction 30.2 dB; on libby, a pan, 0.9 dB
+      worse: colour smeared in from the frame's edge gets corrected, not removed; step e is
+      what fixes those pixels).
+   d. Keyframe anchor (no drift): the keyframe coordinates of every pixel are composed along
+      the chain and corrected by a residual DIS flow between frame t and the keyframe's L
+      resampled at them; the keyframe's own ab, sampled there once (so it never blurs), replaces
+      the chained colour with weight C * exp(-patch L error / ``anchor_scale``). On a 300-frame
+      swaying synthetic shot the mean ab error at the end is 0.7 with the anchor, 5.3 without
+      (bare warping: 4.6): chains drift, the anchor does not.
+   e. Attention term (content the keyframe does not show): every ``attention_every`` frames,
+      when some of the frame has low path confidence, the exemplar colorizer (default: the
+      training-free super-attention transfer of ``model.transfer`` at ``attention_size``, no
+      regrain) colours t from the sweep's keyframe and s's output. Between computations the term
+      is carried by warping, and a new computation is averaged with the carried term
+      (``attention_blend``) so that it does not flicker. It starts as the keyframe's colour.
+   f. Output: C * (c, d) + (1 - C) * attention term: confident pixels follow the flow and the
+      keyframe, occluded or new ones the attention term. On 4 DAVIS sequences (40 frames) the
+      attention term took libby (camera pan: most of the frame is new) from 25.6 to 28.5 dB and
+      cost 0.4 dB on camel and 0.15 dB on blackswan, where propagation alone was right.
 
 2. Fusion: between two keyframes, the forward and backward outputs are averaged per pixel
    with weights (C + eps) / d, d the temporal distance to the sweep's keyframe: a frame
@@ -38,8 +49,8 @@ Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.m
 3. Memory: the lightness frames are read once, in order (a generator works). Lightness, the
    forward sweeps' results and the final ab go to an injected :class:`FrameStore` (default: a
    temporary folder of float16 ``.npy`` files); the sweeps themselves hold O(1) frames (the
-   previous frame's L, ab, confidence and attention term, and the keyframe), whatever the
-   shot's length.
+   previous frame's L, ab, confidence, attention term and keyframe coordinates, and the
+   keyframe), whatever the shot's length.
 
 Conventions: L in [0, 100], ab in CIE units (roughly [-110, 110]), flows (h, w, 2) float32 in px
 as (dx, dy) with ``frame_from(x) ~ frame_to(x + flow(x))``.
@@ -67,7 +78,8 @@ FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: dista
 class PropagationSettings:
     """Parameters of :func:`propagate_shot` (defaults measured on DAVIS, see bench/README.md).
 
-    work_size: short side of the working resolution, px (:func:`to_working`).
+    work_size: short side of the working resolution, px, for callers (:func:`to_working`);
+        :func:`propagate_shot` takes frames already at that size.
     search_radius: half-width of the local correction window, px (0: plain warping).
     match_temperature: softmax temperature of the correction, (L units)^2 per pixel.
     distance_penalty: added to the patch distance per px^2 of offset, (L units)^2.
@@ -79,6 +91,8 @@ class PropagationSettings:
     attention_blend: weight of a new attention computation against the carried term.
     attention_previous: also give the colorizer the previous output as a reference (besides
         the keyframe): colours of things that appeared since the keyframe.
+    anchor: blend in the keyframe's colours at drift-corrected keyframe coordinates.
+    anchor_scale: (L units)^2; the anchor's weight falls as exp(-patch L error / anchor_scale).
     """
 
     work_size: int = 256

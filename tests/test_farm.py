@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
-from test_flows import write_cut_reel, write_shot_refs
+from test_flows import run_to_end, write_cut_reel, write_shot_refs
 
 pytestmark = pytest.mark.slow
 
@@ -138,8 +138,7 @@ def test_two_workers_share_the_shots_of_one_reel(farm: Farm, tmp_path: Path) -> 
     params = {"reel": str(reel), "refs": str(refs), "out": str(out), "workdir": str(workdir),
               "settings": {"codec": "ffv1", "device": "cpu", "missing": "nearest", "work_size": 64},
               "poll_seconds": 1}
-    done = subprocess.run([sys.executable, "-c", SUBMIT, json.dumps(params)], env=farm.env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = run_to_end([sys.executable, "-c", SUBMIT, json.dumps(params)], farm.env, REPO, timeout=600)
     assert done.returncode == 0, done.stderr + farm.tail()
     final = json.loads(done.stdout.strip().splitlines()[-1])
     assert final["state"] == "COMPLETED", f"{final}\n{farm.tail()}"
@@ -157,3 +156,27 @@ def test_two_workers_share_the_shots_of_one_reel(farm: Farm, tmp_path: Path) -> 
         np.testing.assert_array_equal(dst.luma, src.luma)  # luma passthrough, bit for bit (FFV1)
         coloured += int(np.abs(dst.chroma).max() > 0.02)  # Cb, Cr in [-0.5, 0.5]: 0 is grey
     assert coloured == info.frames  # every frame got colour
+
+
+def test_cli_run_with_prefect_api_url_shows_up_on_that_server(farm: Farm, tmp_path: Path) -> None:
+    # `postprod run` with PREFECT_API_URL set: the flow runs in this process but is recorded on the
+    # farm's server (what its UI shows), with the operators' artifacts; no embedded server
+    reel = write_cut_reel(tmp_path / "ui-reel.mkv", shots=2)
+    refs = write_shot_refs(tmp_path / "refs", (0,))
+    out = tmp_path / "out.mkv"
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
+           "--codec", "ffv1", "--workdir", str(tmp_path / "work"), "--device", "cpu", "--work-size", "64"]
+    done = run_to_end(cmd, farm.env, tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr + farm.tail()
+    assert probe(out).frames == 24
+
+    def post(route: str, body: dict) -> list[dict]:
+        request = urllib.request.Request(f"{farm.env['PREFECT_API_URL']}/{route}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    runs = post("flow_runs/filter", {"flow_runs": {"name": {"any_": ["colorize-ui-reel"]}}})
+    assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED", runs
+    keys = {a["key"] for a in post("artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})}
+    assert {"ui-reel-report", "ui-reel-shots"} <= keys, keys

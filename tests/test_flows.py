@@ -506,6 +506,19 @@ def cli_run(reel: Path, refs: Path, out: Path, workdir: Path) -> list[str]:
             "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", "64", "--engine", "prefect"]
 
 
+def run_to_end(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on a timeout, kill the group (its embedded server too)."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     shots = 3
@@ -516,8 +529,8 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     # the uninterrupted run: the same stages as plain Python
-    whole = subprocess.run([*cli_run(reel, refs, tmp_path / "whole.mkv", tmp_path / "work-whole")[:-1], "local"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    whole = run_to_end([*cli_run(reel, refs, tmp_path / "whole.mkv", tmp_path / "work-whole")[:-1], "local"],
+                       env, tmp_path)
     assert whole.returncode == 0, whole.stderr
 
     out, workdir = tmp_path / "out.mkv", tmp_path / "work"
@@ -535,8 +548,7 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
     done = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in segments.glob("shot-*.mkv")}
     assert 1 <= len(done) < shots and not out.exists()
 
-    resumed = subprocess.run(cli_run(reel, refs, out, workdir), env=env, cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
+    resumed = run_to_end(cli_run(reel, refs, out, workdir), env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "INFO" not in resumed.stderr  # Prefect stays quiet on the console
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == done  # not recomputed

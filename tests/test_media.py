@@ -16,7 +16,9 @@ from conftest import Clip, clip_luma
 from pipeline.color import chroma_from_rgb, rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.media import CorruptFrameWarning, iter_frames, probe
+from pipeline.media.decode import is_intra_only, iter_frame_ranges
 from pipeline.media.encode import ReelWriter, VariableFrameRateWarning, transcode
+from pipeline.media.probe import scan_packets
 from pipeline.media.timecode import (add_frames, frames_per_day, frames_to_timecode, is_drop_frame_rate,
                                      timecode_to_frames)
 
@@ -162,6 +164,49 @@ def test_seek_real_files(shared_data: Path, name: str) -> None:
         assert all(np.array_equal(a, full[start + k]) for k, a in enumerate(got)), (name, start)
 
 
+@pytest.fixture(scope="module")
+def intra_clip(make_clip: Callable[..., Clip]) -> Clip:
+    """24 frames of MJPEG: every frame a keyframe."""
+    return make_clip("intra.mov", frames=24, codec="mjpeg", pix_fmt="yuvj420p", audio_codec=None)
+
+
+@pytest.mark.parametrize("ranges", [
+    [range(0, 36, 5)],  # every 5th frame, across the GOPs of 12 and their B-frames
+    [range(2, 36, 3)],
+    [range(1, 4), range(9, 15, 2), range(15, 16), range(30, 99)],  # windows in the first and later GOPs
+    [range(13, 14), range(14, 15), range(35, 36)],
+])
+def test_frame_ranges_are_exact_in_long_gop_and_intra_streams(clip_8bit: Clip, intra_clip: Clip,
+                                                               full_decode_8bit: list[np.ndarray],
+                                                               ranges: list[range]) -> None:
+    for clip, full in ((clip_8bit, full_decode_8bit), (intra_clip, luma_frames(intra_clip.path))):
+        index = scan_packets(clip.path)
+        got = list(iter_frame_ranges(clip.path, ranges, index=index))
+        want = [i for r in ranges for i in range(r.start, min(r.stop, clip.frames), r.step)]
+        assert [f.index for f in got] == want, clip.path.name
+        assert all(np.array_equal(f.luma, full[f.index]) for f in got), clip.path.name
+        assert all(f.time == int(index.pts[f.index]) * index.time_base for f in got)
+
+
+def test_intra_only_streams_are_recognised(clip_8bit: Clip, clip_10bit: Clip, intra_clip: Clip) -> None:
+    assert is_intra_only(scan_packets(intra_clip.path))
+    assert not is_intra_only(scan_packets(clip_8bit.path))  # H.264, GOP 12
+
+
+def test_frame_ranges_must_increase(clip_8bit: Clip) -> None:
+    for bad in ([range(5, 10), range(8, 12)], [range(5, 10), range(0, 3)], [range(-1, 3)], [range(0, 10, -1)]):
+        with pytest.raises(ValueError, match="increasing"):
+            list(iter_frame_ranges(clip_8bit.path, bad))
+    assert list(iter_frame_ranges(clip_8bit.path, [range(40, 50), range(60, 70)])) == []
+
+
+def test_analysis_decoding_is_close_to_exact(clip_8bit: Clip, full_decode_8bit: list[np.ndarray]) -> None:
+    fast = list(iter_frames(clip_8bit.path, analysis=True))
+    assert [f.index for f in fast] == list(range(36))
+    diff = [np.abs(f.luma.astype(int) - full_decode_8bit[f.index]).mean() for f in fast]
+    assert 0 < max(diff) < 0.5  # deblocking skipped (so the option took): a few code values near block edges
+
+
 def test_corrupt_packet_mid_stream(make_clip: Callable[..., Clip], tmp_path: Path) -> None:
     clip = make_clip("intra.mov", frames=24, codec="mjpeg", pix_fmt="yuvj420p", audio_codec=None)
     good = luma_frames(clip.path)
@@ -181,6 +226,11 @@ def test_corrupt_packet_mid_stream(make_clip: Callable[..., Clip], tmp_path: Pat
     assert all(np.array_equal(frames[i].luma, good[i]) for i in range(24) if i != 10)
     with pytest.warns(CorruptFrameWarning, match=r"bad\.mov: frame 10: could not be decoded"):
         list(iter_frames(bad, start=8, stop=12))
+    calls.clear()  # every 5th frame: 10 stands in as a copy of 5, the previous wanted one
+    sparse = list(iter_frame_ranges(bad, [range(0, 24, 5)], on_corrupt=lambda r, m: calls.append((r, m))))
+    assert [f.index for f in sparse] == [0, 5, 10, 15, 20]
+    assert [c[0] for c in calls] == [range(10, 11)] and "frame 5" in calls[0][1]
+    assert np.array_equal(sparse[2].luma, good[5])
 
 
 def test_truncated_faststart_mov(clip_8bit: Clip, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pipeline.shots import (
     compute_features,
     detect_shots,
     detect_transitions,
+    detect_transitions_coarse,
     merge_transitions,
     shots_from_transitions,
     write_csv,
@@ -147,6 +148,66 @@ def test_shots_cover_the_reel_with_exclusive_ends() -> None:
     assert sum(s.frames for s in shots) == 100
 
 
+# --- coarse-to-fine (intra-only reels) ------------------------------------------------------------
+
+def edited_reel() -> list[np.ndarray]:
+    """300 float32 frames: a cut at 70, a fade through black (blank 140-145), a 20-frame dissolve
+    (215-234, boundary at 225), a white flash at 260 (no boundary); slow pans in between."""
+    # slow pans: a dissolve over fast motion looks like motion (a documented limit of the detector)
+    a, b, c, d = (shot(seed, n, pan=0.1) for seed, n in ((1, 70), (2, 70), (3, 91), (4, 86)))
+    out = [(1 - k / 10) * b[60 + k] for k in range(10)]  # 130..139
+    into = [k / 10 * c[k] for k in range(10)]  # 145..154, 145 black
+    mix = [(1 - k / 21) * c[70 + k] + k / 21 * d[k] for k in range(1, 21)]  # 215..234
+    frames = a + b[:60] + out + [np.zeros((H, W), np.float32)] * 5 + into + c[10:70] + mix + d[21:86]
+    frames[260] = np.ones((H, W), np.float32)
+    return frames
+
+
+def test_coarse_to_fine_finds_what_the_dense_path_finds_decoding_less() -> None:
+    frames = to_u8(edited_reel())
+    asked: list[int] = []
+
+    def read(ranges: list[range]):
+        for r in ranges:
+            for i in r:
+                asked.append(i)
+                yield i, frames[i]
+
+    dense, count = detect_transitions(frames)
+    assert [(t.frame, t.kind) for t in dense] == [(70, "cut"), (143, "fade"), (225, "dissolve")]
+    assert detect_transitions_coarse(read, count, step=5) == dense
+    assert len(asked) == len(set(asked)) < 0.75 * count  # each frame decoded at most once, most not at all
+    for step in (3, 8):
+        assert detect_transitions_coarse(read, count, step=step) == dense
+
+
+def test_coarse_to_fine_decodes_every_frame_once_when_everything_moves() -> None:
+    frames = to_u8(shot(1, 60, pan=6.0) + shot(2, 60, pan=6.0))  # 6 px a frame: samples always differ
+    calls: list[list[range]] = []
+    asked: list[int] = []
+
+    def read(ranges: list[range]):
+        calls.append(list(ranges))
+        for r in ranges:
+            for i in r:
+                asked.append(i)
+                yield i, frames[i]
+
+    dense, count = detect_transitions(frames)
+    assert [t.frame for t in dense] == [60]
+    assert detect_transitions_coarse(read, count, step=5) == dense
+    assert len(calls) == 2 and sorted(asked) == list(range(count))  # the samples, then all the rest at once
+
+
+@pytest.mark.parametrize("flash", ["white", "other-picture"])
+def test_coarse_to_fine_keeps_a_flash_on_a_sample_frame_out(flash: str) -> None:
+    frames = shot(1, 60)
+    frames[30] = np.ones((H, W), np.float32) if flash == "white" else shot(7, 1)[0]  # 30: a sample at step 5
+    frames = to_u8(frames)
+    read = lambda ranges: ((i, frames[i]) for r in ranges for i in r)  # noqa: E731
+    assert detect_transitions_coarse(read, len(frames), step=5) == detect_transitions(frames)[0] == []
+
+
 # --- a real (grey DAVIS) reel through the decoder -------------------------------------------
 
 DAVIS = DATA / "davis"
@@ -176,6 +237,22 @@ def test_detect_shots_finds_the_cuts_of_a_grey_davis_reel(davis_reel: Path) -> N
     for got, want in zip(starts, (15, 30)):
         assert abs(got - want) <= 1
     assert result.shots[-1].end == result.frames
+
+
+@pytest.fixture(scope="module")
+def intra_reel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The edited reel of 300 frames as MJPEG (every frame a keyframe): detect_shots goes coarse-to-fine."""
+    reel = tmp_path_factory.mktemp("intra") / "edited.mov"
+    write_grey_reel(reel, to_u8(edited_reel()), Fraction(24), codec="mjpeg")
+    return reel
+
+
+def test_detect_shots_goes_coarse_to_fine_on_an_intra_only_reel(intra_reel: Path) -> None:
+    coarse = detect_shots(intra_reel)
+    dense = detect_shots(intra_reel, settings=ShotSettings(coarse_step=1))
+    assert coarse == dense
+    assert [(s.start, s.begins) for s in coarse.shots] == [(0, "start"), (70, "cut"), (143, "fade"), (225, "dissolve")]
+    assert coarse.frames == 300 and coarse.shots[-1].end == 300
 
 
 # --- writers ----------------------------------------------------------------------------------

@@ -109,6 +109,29 @@ def test_attention_rows_and_temperature() -> None:
         attention(scores, 0.0)
 
 
+def test_attention_per_row_temperature_and_log_prior() -> None:
+    gen = torch.Generator().manual_seed(6)
+    scores = correlation(torch.randn(1, 16, 4, generator=gen), torch.randn(1, 16, 6, generator=gen))
+    # one temperature per row: each row equals the scalar-tau softmax with its own tau
+    taus = torch.tensor([0.01, 0.05, 0.2, 1.0]).view(1, 4, 1)
+    rows = attention(scores, taus)
+    for i, tau in enumerate(taus.flatten().tolist()):
+        torch.testing.assert_close(rows[:, i], attention(scores[:, i:i + 1], tau)[:, 0])
+    # a prior multiplies the rows by exp(prior) before renormalising
+    prior = torch.randn(1, 4, 6, generator=gen)
+    expected = attention(scores, 0.05) * prior.exp()
+    torch.testing.assert_close(attention(scores, 0.05, log_prior=prior), expected / expected.sum(-1, keepdim=True))
+    # a very negative prior removes a column; allowed still wins over the prior
+    veto = torch.zeros(1, 4, 6)
+    veto[..., 2] = -1e4
+    assert (attention(scores, 0.05, log_prior=veto)[..., 2] < 1e-6).all()
+    allowed = torch.zeros(1, 4, 6, dtype=torch.bool)
+    allowed[..., 2] = True
+    torch.testing.assert_close(attention(scores, 0.05, allowed, veto)[..., 2], torch.ones(1, 4))
+    with pytest.raises(ValueError):
+        attention(scores, torch.tensor([0.01, 0.0, 0.1, 0.1]).view(1, 4, 1))
+
+
 def test_unpool_inverts_constant_pooling(tiny: tuple[torch.Tensor, torch.Tensor]) -> None:
     _, labels = tiny
     values = torch.arange(2 * 2 * 4, dtype=torch.float32).reshape(2, 2, 4)

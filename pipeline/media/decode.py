@@ -19,8 +19,10 @@ resynchronising after damage is not counted (MP4/MOV sample tables do not have t
 """
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Callable, Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -154,13 +156,32 @@ def _chroma(vf: VideoFrame, plan: _Plan) -> np.ndarray:
     return codes_to_chroma(codes, plan.depth, "pc" if full else "tv")
 
 
+def is_intra_only(index: PacketIndex) -> bool:
+    """True when every frame of the reel is a keyframe (ProRes, DNxHD, MJPEG, intra-only FFV1, ...).
+
+    Every frame of such a stream decodes on its own, so a frame that is not wanted is skipped
+    without being decoded; in a long-GOP stream (H.264, HEVC, MPEG-2) it may be needed as a reference.
+    """
+    return index.frames > 0 and index.key_pts.shape[0] == index.frames
+
+
+def _configure(stream: VideoStream, analysis: bool) -> None:
+    """Decoder settings, before the first packet opens the codec (see ``analysis`` in :func:`iter_frame_ranges`)."""
+    ctx = stream.codec_context
+    ctx.thread_type = "AUTO"
+    if analysis:
+        ctx.options = {**ctx.options, "skip_loop_filter": "all"}
+        ctx.flags2 |= av.codec.context.Flags2.fast
+
+
 def _packets_from(container: InputContainer, stream: VideoStream, index: PacketIndex,
-                  start: int, path: Path) -> Iterator[Packet]:
+                  start: int, path: Path, *, analysis: bool = False) -> Iterator[Packet]:
     """Video packets in decode order, beginning at the keyframe that ``start`` depends on.
 
     The keyframe is the last one (decode order) displayed at or before frame ``start``. The
     container seeks near its dts, then packets before it are skipped without decoding; if
-    the seek overshot (some formats index by pts), the file is read again from the start.
+    the seek overshot (some formats index by pts), the file is read again from the start
+    (decoded as ``analysis`` says).
     """
     target = int(index.pts[start])
     usable = np.nonzero(index.key_pts <= target)[0]
@@ -191,7 +212,7 @@ def _packets_from(container: InputContainer, stream: VideoStream, index: PacketI
             return
     with open_input(path) as again:  # slow but exact: skip packets from the very start
         stream2 = video_stream(again, path)
-        stream2.codec_context.thread_type = "AUTO"
+        _configure(stream2, analysis)
         it = again.demux(stream2)
         for packet in it:
             if packet.is_keyframe and (packet.pts if packet.pts is not None else packet.dts) == key_pts:
@@ -201,7 +222,8 @@ def _packets_from(container: InputContainer, stream: VideoStream, index: PacketI
 
 
 def iter_frames(path: Path, start: int = 0, stop: int | None = None, *, max_height: int | None = None,
-                chroma: bool = False, on_corrupt: CorruptCallback | None = None) -> Iterator[Frame]:
+                chroma: bool = False, on_corrupt: CorruptCallback | None = None,
+                analysis: bool = False) -> Iterator[Frame]:
     """Yield frames ``start`` .. ``stop - 1`` (display order) of ``path`` one by one.
 
     Memory stays bounded by a few frames plus the per-call pts index (8 bytes a frame).
@@ -209,74 +231,186 @@ def iter_frames(path: Path, start: int = 0, stop: int | None = None, *, max_heig
     keeping the stored aspect (width rounded to even); luma keeps the source's dtype, depth
     and range. ``chroma``: also return Cb/Cr (see :class:`Frame`). ``on_corrupt(frames, msg)``
     is called for frames that could not be decoded (replaced by a neighbour, see the module
-    docstring) or were concealed; default: a :class:`CorruptFrameWarning`.
+    docstring) or were concealed; default: a :class:`CorruptFrameWarning`. ``analysis``:
+    faster, slightly inexact pixels (see :func:`iter_frame_ranges`).
     Raises :class:`PostprodError` for a missing/unreadable file, no video stream, no frames,
     or when no frame at all can be decoded; ``ValueError`` for a negative ``start``.
     """
-    path = Path(path)
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
+    yield from iter_frame_ranges(path, [range(start, sys.maxsize if stop is None else stop)], max_height=max_height,
+                                 chroma=chroma, on_corrupt=on_corrupt, analysis=analysis)
+
+
+def iter_frame_ranges(path: Path, ranges: Sequence[range], *, index: PacketIndex | None = None,
+                      max_height: int | None = None, chroma: bool = False,
+                      on_corrupt: CorruptCallback | None = None, analysis: bool = False) -> Iterator[Frame]:
+    """Yield the frames of several display-index ranges of ``path`` in order, in one pass (one seek at most).
+
+    ``ranges``: increasing and disjoint, each with any step >= 1 (``range(0, n, 5)`` is every
+    5th frame); clipped to the reel's frames. Only what the wanted frames need is decoded:
+    reading starts at the keyframe the first one depends on (a seek, as :func:`iter_frames`);
+    a frame that is not wanted is not decoded at all if the stream is intra-only
+    (:func:`is_intra_only`), else only if a wanted frame may depend on it (the decoder discards
+    non-reference frames, and whole GOPs before the one a wanted frame starts from are not
+    decoded). Damaged frames get stand-ins and reports as in :func:`iter_frames`.
+    ``index``: the reel's :func:`~pipeline.media.probe.scan_packets` if the caller has it (saves
+    a demux pass). ``analysis``: decode faster, not exactly: the decoder skips its loop filter
+    (H.264/HEVC deblocking; intra-only codecs such as ProRes have none) and may take non-spec
+    shortcuts (``flags2=fast``), so pixels differ slightly from the true frames (mostly near
+    block edges): for analysis such as shot detection, never for output.
+    Raises :class:`PostprodError` as :func:`iter_frames`; ``ValueError`` for ranges that are
+    not increasing and disjoint, or that start below 0.
+    """
+    path = Path(path)
+    previous_end = 0
+    for r in ranges:
+        if r.step < 1 or r.start < previous_end:
+            raise ValueError(f"ranges must be increasing, disjoint, with step >= 1 and start >= 0, got {list(ranges)}")
+        if len(r):
+            previous_end = r[-1] + 1
     report = on_corrupt or warn_corrupt(path)
-    index = scan_packets(path)
+    index = scan_packets(path) if index is None else index
     n = index.frames
     if n == 0:
         raise PostprodError(path, "the video stream has no frames")
-    stop = n if stop is None else min(stop, n)
-    if start >= stop:
+    clipped = [c for c in (range(r.start, min(r.stop, n), r.step) for r in ranges) if len(c)]
+    if not clipped:
         return
-    if index.declared_frames > n and stop == n:
+    if index.declared_frames > n and clipped[-1].stop == n:
         report(range(n, index.declared_frames), "missing: the file ends early (truncated); "
                                                  f"{n} frames are present")
-    tb = index.time_base
     with open_input(path) as container:
         stream = video_stream(container, path)
-        stream.codec_context.thread_type = "AUTO"
-        expected = start  # next display index to yield
-        previous: Frame | None = None
-        errors: list[str] = []
+        _configure(stream, analysis)
+        packets = _packets_from(container, stream, index, clipped[0].start, path, analysis=analysis)
+        yield from _decode(packets, index, _Wanted(clipped), path, intra=is_intra_only(index),
+                           max_height=max_height, chroma=chroma, report=report)
 
-        def fill(upto: int, source: Frame) -> Iterator[Frame]:
-            """Stand-ins for frames expected .. upto-1, which never came out of the decoder."""
-            nonlocal expected
-            if upto <= expected:
-                return
+
+class _Wanted:
+    """The wanted display indices: increasing, disjoint, non-empty ranges (any step)."""
+
+    def __init__(self, ranges: list[range]) -> None:
+        self.ranges = ranges
+        self._starts = [r.start for r in ranges]
+        self.last = ranges[-1][-1]
+
+    def __contains__(self, i: int) -> bool:
+        k = bisect_right(self._starts, i) - 1
+        return k >= 0 and i in self.ranges[k]
+
+    def next(self, i: int) -> int | None:
+        """The first wanted index >= ``i``, None past the last."""
+        k = bisect_right(self._starts, i) - 1
+        if k >= 0 and i <= self.ranges[k][-1]:
+            r = self.ranges[k]
+            return r.start + -(-(i - r.start) // r.step) * r.step
+        return self._starts[k + 1] if k + 1 < len(self.ranges) else None
+
+    def parts(self, lo: int, hi: int) -> list[range]:
+        """The wanted indices in [lo, hi), as one range per input range that has some."""
+        out = []
+        for r in self.ranges[max(0, bisect_right(self._starts, lo) - 1):]:
+            if r.start >= hi:
+                break
+            first = r.start if lo <= r.start else r.start + -(-(lo - r.start) // r.step) * r.step
+            if first < min(r.stop, hi):
+                out.append(range(first, min(r.stop, hi), r.step))
+        return out
+
+
+def _decode(packets: Iterator[Packet], index: PacketIndex, wanted: _Wanted, path: Path, *, intra: bool,
+            max_height: int | None, chroma: bool, report: CorruptCallback) -> Iterator[Frame]:
+    """The ``wanted`` frames from ``packets`` (:func:`_packets_from`), with stand-ins for those that never come out."""
+    tb = index.time_base
+    key_order = {int(t): k for k, t in enumerate(index.key_pts)}  # keyframe pts -> position in decode order
+    # the keyframe frame w depends on is the last one (decode order) with pts <= pts[w]; a suffix
+    # minimum makes that a binary search even if keyframe pts are not increasing
+    suffix_min = np.minimum.accumulate(index.key_pts[::-1])[::-1]
+    expected = wanted.next(0)  # next wanted display index not yet yielded
+    previous: Frame | None = None
+    errors: list[str] = []
+    done = False
+
+    def fill(upto: int, source: Frame) -> Iterator[Frame]:
+        """Stand-ins for the wanted frames expected .. upto-1, which never came out of the decoder."""
+        nonlocal expected
+        parts = wanted.parts(expected, upto)
+        if parts:
             why = "; ".join(dict.fromkeys(errors)) or "no picture for this packet"
-            report(range(expected, upto), f"could not be decoded ({why}); "
-                                          f"replaced by a copy of frame {source.index}")
+            for part in parts:
+                report(part, f"could not be decoded ({why}); replaced by a copy of frame {source.index}")
             errors.clear()
-            for i in range(expected, upto):
-                yield Frame(index=i, time=int(index.pts[i]) * tb, luma=source.luma.copy(),
-                            bit_depth=source.bit_depth,
-                            chroma=None if source.chroma is None else source.chroma.copy())
-            expected = upto
+        for i in (i for part in parts for i in part):
+            yield Frame(index=i, time=int(index.pts[i]) * tb, luma=source.luma.copy(),
+                        bit_depth=source.bit_depth,
+                        chroma=None if source.chroma is None else source.chroma.copy())
+        expected = wanted.next(upto)
 
-        for packet in _packets_from(container, stream, index, start, path):
-            try:
-                decoded = packet.decode()
+    def emit(decoded: Iterable[VideoFrame]) -> Iterator[Frame]:
+        nonlocal previous, expected, done
+        for vf in decoded:
+            i = index.display_index(vf.pts)
+            if i is None:
+                if vf.pts is not None and vf.pts < int(index.pts[0]):
+                    continue  # pre-roll the index does not count
+                i = expected
+            if i < expected:
+                continue  # decoded only as a reference for later frames (after a seek)
+            if i > wanted.last:  # the last wanted frames never came out: stand in for them
+                yield from fill(wanted.last + 1, previous or _to_frame(vf, i, int(index.pts[i]) * tb,
+                                                                       max_height=max_height, chroma=chroma))
+                done = True
+                return
+            if i not in wanted:
+                continue  # a reference between the wanted frames
+            frame = _to_frame(vf, i, int(index.pts[i]) * tb, max_height=max_height, chroma=chroma)
+            yield from fill(i, previous or frame)
+            if vf.is_corrupt:
+                report(range(i, i + 1), "decoded with errors (concealed by the decoder)")
+            yield frame
+            previous, expected = frame, wanted.next(i + 1)
+            if expected is None:
+                done = True
+                return
+
+    gop = -1  # position (decode order) of the last keyframe read
+    for packet in packets:
+        ctx = packet.stream.codec_context
+        i = None
+        if packet.size:
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if packet.is_keyframe:
+                gop = key_order.get(ts, gop)
+            i = index.display_index(ts)
+            needed = i is None or (i >= expected and i in wanted)
+            if intra:
+                if not needed:
+                    continue  # a picture of its own that nothing else needs
+            elif gop < int(np.searchsorted(suffix_min, index.pts[expected], side="right")) - 1:
+                continue  # a GOP before the one the next wanted frame starts from
+            else:  # references must be decoded, a non-reference frame only if it is wanted
+                ctx.skip_frame = "DEFAULT" if needed else "NONREF"
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError as err:
+            errors.append(err.strerror or type(err).__name__)
+            continue
+        yield from emit(decoded)
+        if done:
+            return
+        if intra and i == wanted.last:
+            try:  # nothing after it is needed: drain the decoder instead of reading on to the end
+                decoded = ctx.decode(None)
             except av.FFmpegError as err:
                 errors.append(err.strerror or type(err).__name__)
-                continue
-            for vf in decoded:
-                i = index.display_index(vf.pts)
-                if i is None:
-                    if vf.pts is not None and vf.pts < int(index.pts[0]):
-                        continue  # pre-roll the index does not count
-                    i = expected
-                if i < expected:
-                    continue  # decoded only as a reference for later frames (after a seek)
-                if i >= stop:  # frames up to stop never came out: stand in for them
-                    yield from fill(stop, previous or _to_frame(vf, i, int(index.pts[i]) * tb,
-                                                               max_height=max_height, chroma=chroma))
-                    return
-                frame = _to_frame(vf, i, int(index.pts[i]) * tb, max_height=max_height, chroma=chroma)
-                yield from fill(i, previous or frame)
-                if vf.is_corrupt:
-                    report(range(i, i + 1), "decoded with errors (concealed by the decoder)")
-                yield frame
-                previous, expected = frame, i + 1
-                if expected >= stop:
-                    return
-        if previous is None:
-            raise PostprodError(path, f"no frame in {start}..{stop - 1} could be decoded"
-                                      + (f" ({errors[-1]})" if errors else ""))
-        yield from fill(stop, previous)
+            else:
+                yield from emit(decoded)
+            break
+    if done:
+        return
+    if previous is None:
+        raise PostprodError(path, f"no frame in {wanted.ranges[0].start}..{wanted.last} could be decoded"
+                                  + (f" ({errors[-1]})" if errors else ""))
+    yield from fill(wanted.last + 1, previous)

@@ -3,7 +3,8 @@
 Design (after PySceneDetect): per-frame features are computed once (:mod:`.features`) and handed
 to small streaming detectors that share the :class:`Detector` protocol. Each detector reports
 :class:`Transition` s, possibly a few frames late (they look ahead); :func:`merge_transitions`
-resolves overlaps and the minimum shot length; :func:`detect_shots` runs it all on a reel.
+resolves overlaps and the minimum shot length; :func:`~pipeline.shots.detect.detect_shots` runs
+it all on a reel.
 
 Where the boundary frame goes (the first frame of the new shot):
 
@@ -26,9 +27,6 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from pipeline.errors import PostprodError
-from pipeline.media.decode import iter_frames
-from pipeline.media.probe import probe
 from pipeline.shots.features import FrameFeatures, compute_features, frame_distance
 
 TransitionKind = Literal["cut", "fade", "dissolve"]
@@ -192,7 +190,7 @@ class _Thumb:
         return cls(f.index, _tone(f, coverage) != 0, vec, unit, norm / np.sqrt(vec.size))
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fit the columns of y (P, n) by x (P, k) @ coef; return (coef (k, n), residuals (P, n)).
 
     Normal equations: k <= 3 and P ~ 600, far cheaper than ``np.linalg.lstsq``'s SVD here.
@@ -271,15 +269,15 @@ class DissolveDetector:
         def error(residual: np.ndarray) -> float:
             return float(np.sqrt(np.mean(residual * residual))) / scale
 
-        if error(_least_squares(ends, window[len(window) // 2].vec[:, None])[1]) > self.max_residual:
+        if error(least_squares(ends, window[len(window) // 2].vec[:, None])[1]) > self.max_residual:
             return None  # cheap early exit: motion fails on the middle frame already
         y = np.stack([f.vec for f in window[1:-1]], axis=1)  # (P, n)
-        coef, residual = _least_squares(ends, y)  # (3, n)
+        coef, residual = least_squares(ends, y)  # (3, n)
         fit_error = error(residual)
         if fit_error > self.max_residual:
             return None
         # a fade of one picture (to a dark or bright frame that still shows a title) fits with one end alone
-        if min(error(_least_squares(np.stack([t, ones], axis=1), y)[1]) for t in (ta, tb)) < self.min_one_end_residual:
+        if min(error(least_squares(np.stack([t, ones], axis=1), y)[1]) for t in (ta, tb)) < self.min_one_end_residual:
             return None
         total = coef[0] + coef[1]
         if np.abs(total - 1.0).max() > self.max_gain_error:
@@ -324,6 +322,9 @@ class ShotSettings:
     """A cut's frame difference must reach this many times the local median + MAD."""
     fades: bool = True
     dissolves: bool = True
+    coarse_step: int = 5
+    """Intra-only reels: decode every coarse_step-th frame first, the rest only where a boundary may
+    be (:mod:`pipeline.shots.coarse`); 1 decodes every frame. Long-GOP reels always decode every frame."""
 
     def detectors(self) -> list[Detector]:
         """Fresh detectors for one reel."""
@@ -371,17 +372,27 @@ def detect_transitions(lumas: Iterable[np.ndarray], *, bit_depth: int = 8, limit
     Returns:
         (the merged transitions sorted by frame, the number of frames seen).
     """
+    features = (compute_features(index, luma, bit_depth, limited_range) for index, luma in enumerate(lumas))
+    found, frames = run_detectors(features, settings)
+    return merge_transitions(found, frames, settings.min_shot_len), frames
+
+
+def run_detectors(features: Iterable[FrameFeatures], settings: ShotSettings) -> tuple[list[Transition], int]:
+    """Feed consecutive frames' features to fresh detectors, then flush them.
+
+    Returns:
+        (every transition reported, unmerged; one past the last frame index seen, 0 if none).
+    """
     detectors = settings.detectors()
     found: list[Transition] = []
-    frames = 0
-    for index, luma in enumerate(lumas):
-        features = compute_features(index, luma, bit_depth, limited_range)
+    end = 0
+    for f in features:
         for detector in detectors:
-            found += detector.process(features)
-        frames = index + 1
+            found += detector.process(f)
+        end = f.index + 1
     for detector in detectors:
         found += detector.flush()
-    return merge_transitions(found, frames, settings.min_shot_len), frames
+    return found, end
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,28 +452,3 @@ def shots_from_transitions(transitions: Iterable[Transition], frames: int) -> tu
     begins: list[Literal["start", "cut", "fade", "dissolve"]] = ["start"] + [t.kind for t in cuts]
     ends = starts[1:] + [frames]
     return tuple(Shot(i, s, e, b) for i, (s, e, b) in enumerate(zip(starts, ends, begins)))
-
-
-def detect_shots(reel: Path, *, max_height: int | None = None, settings: ShotSettings = ShotSettings()) -> ShotList:
-    """Cut a reel into shots from its luma.
-
-    Args:
-        reel: a video file.
-        max_height: ask the decoder to downscale to this many lines. None (the default) takes
-            the decoder's full-size luma and lets :func:`~pipeline.shots.features.shrink` thin it
-            (~0.04 ms a frame): measured on testvideo.mp4 (720p) and a 480p reel, that is 1.4-1.7x
-            faster than ``max_height=96``, whose area-filtered swscale resize costs more than the
-            H.264 decoding itself (bench/README.md).
-        settings: detector tuning.
-
-    Raises:
-        PostprodError: the reel cannot be read, or has no frames.
-    """
-    reel = Path(reel)
-    info = probe(reel)
-    lumas = (frame.luma for frame in iter_frames(reel, max_height=max_height))
-    transitions, frames = detect_transitions(lumas, bit_depth=info.bit_depth, limited_range=info.luma_range == "tv",
-                                             settings=settings)
-    if frames == 0:
-        raise PostprodError(reel, "no video frames could be decoded")
-    return ShotList(reel, info.fps, frames, info.timecode, shots_from_transitions(transitions, frames))

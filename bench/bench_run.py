@@ -1,0 +1,223 @@
+"""End-to-end benchmark of ``postprod run`` on DAVIS (issue 5), see bench/README.md ("Reels end to end").
+
+    python -m bench.bench_run [--sequences blackswan camel ...] [--max-frames N] [--variant first|first+last]
+        [--engine local|prefect] [--memory-check] [--work DIR] [--out bench/results/run.json]
+
+A grey reel is made of the DAVIS sequences back to back (854x480, 24000/1001 fps, FFV1 lossless
+luma from the true frames' BT.601 luma, start timecode 10:00:00:00, a stereo AAC track), with a
+refs folder holding the true colour frame of each shot's first frame as ``frame-<N>.png``
+(variant ``first+last``: and of its last frame). ``postprod run --codec ffv1`` colours it in a
+fresh process (its peak resident memory measured with ``wait4``). Then:
+
+- media: frame count, exact frame rate, timecode and the audio packets (bytes) equal the input's;
+  the output luma equals the input luma bit for bit (FFV1);
+- quality over the non-keyframes (the keyframes are the given colours): mean RGB PSNR of the
+  output (decoded, YCbCr -> R'G'B' with the reel's own matrix) against the true frames, per
+  sequence and over all frames; the same for the keyframes (the ceiling set by carrying the
+  keyframes' colour into the reel);
+- stability: warp error (``bench_propagation.warp_error``: previous output frame warped onto
+  the current one by DIS flow of the true luma, over pixels passing the forward-backward check),
+  output against the ground truth's own, within shots.
+
+``--memory-check`` also runs the same reel 4 times longer (sequences repeated, refs for every
+shot) and reports both peak memories. DAVIS is for evaluation only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from bench.bench_propagation import DEFAULT_DAVIS, TARGET_PSNR, warp_error, warp_masks
+from bench.bench_shots import write_grey_reel
+from bench.harness import _json_safe, list_sequences
+from pipeline.color import rgb_from_luma_chroma
+from pipeline.files import atomic_output
+from pipeline.media.decode import iter_frames
+from pipeline.media.probe import probe
+from pipeline.metrics import psnr
+
+FPS = Fraction(24000, 1001)
+TIMECODE = "10:00:00:00"
+DEFAULT_OUT = Path("bench") / "results" / "run.json"
+
+
+@dataclass(frozen=True)
+class ShotTruth:
+    """One sequence in the reel: its name, first frame in the reel and true frame files."""
+
+    name: str
+    start: int
+    frames: tuple[Path, ...]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.frames)
+
+
+def build_reel(davis: Path, sequences: list[str], max_frames: int | None, variant: str, dest: Path
+               ) -> tuple[Path, Path, list[ShotTruth]]:
+    """Write ``dest/reel.mkv`` and ``dest/refs/``; returns them and the shots' truth."""
+    shots, start = [], 0
+    for name in sequences:
+        files = tuple(sorted((davis / name / "frames").glob("*.jpg"))[:max_frames])
+        shots.append(ShotTruth(name, start, files))
+        start += len(files)
+    refs = dest / "refs"
+    refs.mkdir(parents=True)
+    for shot in shots:
+        keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
+        for k in keys:
+            shutil.copyfile(shot.frames[k], refs / f"frame-{shot.start + k}.jpg")
+    reel = dest / "reel.mkv"
+    greys = (cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for s in shots for f in s.frames)
+    write_grey_reel(reel, greys, FPS, codec="ffv1", timecode=TIMECODE, audio=True)
+    return reel, refs, shots
+
+
+def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, work_size: int) -> dict:
+    """``postprod run`` in a fresh process; wall time (s) and peak resident memory (MiB)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
+           "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", str(work_size),
+           "--engine", engine]
+    started = time.perf_counter()
+    with open(workdir.parent / f"{out.stem}.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed, see {log.name}")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss: KiB on Linux
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+
+def check_media(reel: Path, out: Path) -> dict:
+    """The output's frame count, rate, timecode and audio against the input's, and its luma."""
+    src, dst = probe(reel), probe(out)
+    luma_equal = all(np.array_equal(a.luma, b.luma) for a, b in zip(iter_frames(reel), iter_frames(out), strict=True))
+    return {"frames": [src.frames, dst.frames], "fps": [str(src.fps), str(dst.fps)],
+            "timecode": [src.timecode, dst.timecode], "audio_packets_equal": audio_packets(reel) == audio_packets(out),
+            "audio_packets": len(audio_packets(reel)), "luma_equal": luma_equal,
+            "ok": (src.frames == dst.frames and src.fps == dst.fps and src.timecode == dst.timecode
+                   and audio_packets(reel) == audio_packets(out) and luma_equal)}
+
+
+def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
+    """PSNR over non-keyframes and keyframes, and warp errors, per sequence and pooled."""
+    info = probe(out)
+    frames = iter_frames(out, chroma=True)
+    per_seq: dict[str, dict] = {}
+    for shot in shots:
+        rgbs, truths = [], []
+        for i, path in enumerate(shot.frames):
+            f = next(frames)
+            rgbs.append(rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix))
+            truths.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255)
+        psnrs = [psnr(rgbs[i], truths[i]) for i in range(len(rgbs))]
+        grey_l = np.stack([cv2.cvtColor(t, cv2.COLOR_RGB2GRAY) * 100 for t in truths])
+        flows = warp_masks(grey_l)
+        per_seq[shot.name] = {
+            "frames": len(rgbs),
+            "psnr_nonkey": [p for i, p in enumerate(psnrs) if shot.start + i not in keyframes],
+            "psnr_key": [p for i, p in enumerate(psnrs) if shot.start + i in keyframes],
+            "warp_error": float(np.mean([warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, len(rgbs))])),
+            "warp_error_truth": float(np.mean([warp_error(truths[t - 1], truths[t], *flows[t - 1])
+                                               for t in range(1, len(rgbs))])),
+        }
+    nonkey = [p for s in per_seq.values() for p in s["psnr_nonkey"]]
+    key = [p for s in per_seq.values() for p in s["psnr_key"]]
+    weights = [s["frames"] for s in per_seq.values()]
+    return {"psnr_nonkey": float(np.mean(nonkey)), "psnr_key": float(np.mean(key)), "nonkeyframes": len(nonkey),
+            "warp_error": float(np.average([s["warp_error"] for s in per_seq.values()], weights=weights)),
+            "warp_error_truth": float(np.average([s["warp_error_truth"] for s in per_seq.values()], weights=weights)),
+            "per_sequence": {k: {"psnr_nonkey": float(np.mean(v["psnr_nonkey"])), "warp_error": v["warp_error"],
+                                 "warp_error_truth": v["warp_error_truth"]} for k, v in per_seq.items()}}
+
+
+def bench(davis: Path, sequences: list[str], max_frames: int | None, variant: str, engine: str, work_size: int,
+          work: Path, repeat: int = 1, scored: bool = True) -> dict:
+    """Build the reel (sequences repeated ``repeat`` times), run postprod on it, check and score it."""
+    folder = work / f"{variant}-x{repeat}"
+    reel, refs, shots = build_reel(davis, sequences * repeat, max_frames, variant, folder)
+    out, workdir = folder / "out.mkv", folder / "work"
+    workdir.mkdir()
+    result = {"reel_frames": probe(reel).frames, **run_postprod(reel, refs, out, workdir, engine, work_size)}
+    result["fps"] = result["reel_frames"] / result["seconds"]
+    result["media"] = check_media(reel, out)
+    if scored:
+        keyframes = {int(p.stem.split("-")[1]) for p in refs.iterdir()}
+        result |= score(out, shots, keyframes)
+    return result
+
+
+def markdown(result: dict) -> str:
+    r = result["run"]
+    lines = [f"`postprod run` on {r['reel_frames']} frames ({len(result['sequences'])} DAVIS sequences, "
+             f"variant {result['variant']}, engine {result['engine']}): {r['seconds']:.0f} s, {r['fps']:.2f} frames/s, "
+             f"peak memory {r['peak_rss_mib']:.0f} MiB", "",
+             f"media: {r['media']}", "",
+             f"non-keyframes ({r['nonkeyframes']}): PSNR {r['psnr_nonkey']:.2f} dB (target {TARGET_PSNR}); "
+             f"keyframes {r['psnr_key']:.2f} dB; warp error x1e3 {r['warp_error'] * 1e3:.3f} "
+             f"(ground truth {r['warp_error_truth'] * 1e3:.3f})", "",
+             "| sequence | PSNR non-key dB | warp err x1e3 | truth warp err x1e3 |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['psnr_nonkey']:.2f} | {v['warp_error'] * 1e3:.3f} | {v['warp_error_truth'] * 1e3:.3f} |"
+              for k, v in r["per_sequence"].items()]
+    if "memory_x4" in result:
+        m1, m4 = r["peak_rss_mib"], result["memory_x4"]["peak_rss_mib"]
+        lines += ["", f"peak memory: {m1:.0f} MiB ({r['reel_frames']} frames) vs {m4:.0f} MiB "
+                      f"({result['memory_x4']['reel_frames']} frames): {100 * (m4 - m1) / m1:+.1f} %"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--davis", type=Path, default=DEFAULT_DAVIS, help="DAVIS folder (default: %(default)s)")
+    parser.add_argument("--sequences", nargs="+", help="sequence names (default: all)")
+    parser.add_argument("--max-frames", type=int, help="first N frames of each sequence (default: all)")
+    parser.add_argument("--variant", choices=("first", "first+last"), default="first")
+    parser.add_argument("--engine", choices=("local", "prefect"), default="local")
+    parser.add_argument("--work-size", type=int, default=256, help="postprod run --work-size (default: %(default)s)")
+    parser.add_argument("--memory-check", action="store_true", help="also run the reel 4x longer (peak memory)")
+    parser.add_argument("--work", type=Path, help="keep the reels and outputs in this folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not args.davis.is_dir():
+        print(f"{args.davis}: no DAVIS folder", file=sys.stderr)
+        return 2
+    sequences = args.sequences or list_sequences(args.davis)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-run-"))
+    result = {"sequences": sequences, "variant": args.variant, "engine": args.engine, "work_size": args.work_size,
+              "max_frames": args.max_frames, "machine": platform.platform(), "cpus": os.cpu_count(),
+              "run": bench(args.davis, sequences, args.max_frames, args.variant, args.engine, args.work_size, work)}
+    if args.memory_check:
+        result["memory_x4"] = bench(args.davis, sequences, args.max_frames, args.variant, args.engine,
+                                    args.work_size, work, repeat=4, scored=False)
+    print(markdown(result))
+    with atomic_output(args.out, force=True) as tmp:
+        tmp.write_text(json.dumps(_json_safe(result), indent=1))
+    print(f"wrote {args.out}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
