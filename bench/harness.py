@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ DEFAULT_DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis
 DEFAULT_OUT = Path("bench") / "results" / "harness.json"
 FRAME_GAP = 10
 SUPER_ATTENTION = "super-attention"
+NET = "net"
 MASK_TARGET = 0.30  # issue target: masks cut the in-mask ab error by at least 30 %
 
 
@@ -117,6 +118,23 @@ def compose_rgb(target_l: np.ndarray, ab: np.ndarray) -> np.ndarray:
     return rgb[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
 
+def _torch_method(name: str, device: torch.device, colour: Callable[..., torch.Tensor]) -> Method:
+    """Wrap ``colour(target_l (1, 1, H, W), refs [(1, 3, Hr, Wr)], masks)`` -> (1, 2, H, W) ab as a
+    numpy :data:`Colorizer` (the harness's arrays in, (H, W, 2) float32 ab out)."""
+    def colorize(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
+                 masks: Sequence[MaskPairs] | None) -> np.ndarray:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        with torch.inference_mode():
+            refs = [t(lab.astype(np.float32)).permute(2, 0, 1)[None] for lab in reference_labs]
+            tmasks = None if masks is None else [[(t(m_t), t(m_r)) for m_t, m_r in pairs] for pairs in masks]
+            ab = colour(t(target_l.astype(np.float32))[None, None], refs, tmasks)
+        return ab[0].permute(1, 2, 0).float().cpu().numpy()
+
+    return Method(name, colorize, uses_masks=True)
+
+
 def super_attention_method(device: str = "cpu") -> Method:
     """Training-free super-attention colour transfer (``model.transfer.transfer_colour``) as a :data:`Colorizer`."""
     from model.features import load_vgg16
@@ -124,19 +142,19 @@ def super_attention_method(device: str = "cpu") -> Method:
 
     dev = torch.device(device)
     features = load_vgg16(device=dev)  # loaded once, reused for every pair
+    return _torch_method(SUPER_ATTENTION, dev,
+                         lambda l, refs, masks: transfer_colour(l, refs, masks, features=features))
 
-    def colorize(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-                 masks: Sequence[MaskPairs] | None) -> np.ndarray:
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
-        with torch.inference_mode():
-            refs = [t(lab.astype(np.float32)).permute(2, 0, 1)[None] for lab in reference_labs]
-            tmasks = None if masks is None else [[(t(m_t), t(m_r)) for m_t, m_r in pairs] for pairs in masks]
-            ab = transfer_colour(t(target_l.astype(np.float32))[None, None], refs, tmasks, features=features)
-        return ab[0].permute(1, 2, 0).float().cpu().numpy()
+def net_method(device: str = "cpu", weights: Path | None = None) -> Method:
+    """The trained network (``model.net.colorize_net``, bundled weights unless ``weights``) as a :data:`Colorizer`."""
+    from model.features import load_vgg16
+    from model.net import colorize_net, load_colornet
 
-    return Method(SUPER_ATTENTION, colorize, uses_masks=True)
+    dev = torch.device(device)
+    features = load_vgg16(device=dev)
+    net = load_colornet(device=dev) if weights is None else load_colornet(weights, device=dev)
+    return _torch_method(NET, dev, lambda l, refs, masks: colorize_net(net, features, l, refs, masks))
 
 
 def available_methods(names: Sequence[str] | None = None, device: str = "cpu") -> list[Method]:
@@ -153,10 +171,12 @@ def available_methods(names: Sequence[str] | None = None, device: str = "cpu") -
                 if names:  # asked for explicitly: an error, not a silent omission
                     raise
                 print(f"skipping {SUPER_ATTENTION}: {err}", file=sys.stderr)
+        elif name == NET:  # only when asked for: needs the trained weights
+            out.append(net_method(device))
         elif name in methods:
             out.append(methods[name])
         else:
-            raise ValueError(f"unknown method {name!r}; choose from {[SUPER_ATTENTION, *BASELINES]}")
+            raise ValueError(f"unknown method {name!r}; choose from {[SUPER_ATTENTION, NET, *BASELINES]}")
     return out
 
 
@@ -243,6 +263,11 @@ def markdown_tables(result: dict) -> str:
             lines += ["", f"Target A (super-attention PSNR > {', '.join(others)}): "
                           f"{'met' if verdict else 'NOT met'} ({a[SUPER_ATTENTION]['psnr']:.2f} dB vs "
                           + ", ".join(f"{k} {v:.2f} dB" for k, v in others.items()) + ")"]
+        if NET in a and SUPER_ATTENTION in a:
+            n, t = a[NET], a[SUPER_ATTENTION]
+            verdict = n["psnr"] > t["psnr"] and n["lpips_approx"] < t["lpips_approx"]
+            lines.append(f"Target net (PSNR and LPIPS≈ better than {SUPER_ATTENTION}): {'met' if verdict else 'NOT met'} "
+                         f"({n['psnr']:.2f} vs {t['psnr']:.2f} dB, {n['lpips_approx']:.4f} vs {t['lpips_approx']:.4f})")
         lines.append("")
     if "B" in result:
         lines += [f"Protocol B: inside the target object mask, {n} pairs", "",

@@ -456,6 +456,17 @@ def _segment(l: Tensor, regions: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
+def check_exemplar_inputs(target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None) -> None:
+    """Raise ValueError unless target_l is (1, 1, H, W), reference_lab a non-empty list of (1, 3, Hr, Wr)
+    and masks (if given) has one list of pairs per reference. Shared by every exemplar colorizer."""
+    if target_l.ndim != 4 or target_l.shape[:2] != (1, 1):
+        raise ValueError(f"target_l must be (1, 1, H, W), got {tuple(target_l.shape)}")
+    if not reference_lab or any(r.ndim != 4 or r.shape[:2] != (1, 3) for r in reference_lab):
+        raise ValueError("reference_lab must be a non-empty list of (1, 3, Hr, Wr) Lab tensors")
+    if masks is not None and len(masks) != len(reference_lab):
+        raise ValueError(f"masks has {len(masks)} lists for {len(reference_lab)} references")
+
+
 def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None = None, *,
                     features: FeatureExtractor | None = None, tau: float = DEFAULT_TAU,
                     delta_s: float = 10.0, delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE,
@@ -481,12 +492,7 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     Returns:
         (1, 2, H, W) float ab on ``target_l``'s device.
     """
-    if target_l.ndim != 4 or target_l.shape[:2] != (1, 1):
-        raise ValueError(f"target_l must be (1, 1, H, W), got {tuple(target_l.shape)}")
-    if not reference_lab or any(r.ndim != 4 or r.shape[:2] != (1, 3) for r in reference_lab):
-        raise ValueError("reference_lab must be a non-empty list of (1, 3, Hr, Wr) Lab tensors")
-    if masks is not None and len(masks) != len(reference_lab):
-        raise ValueError(f"masks has {len(masks)} lists for {len(reference_lab)} references")
+    check_exemplar_inputs(target_l, reference_lab, masks)
     if features is None:
         from model.features import load_vgg16  # lazy: the weights are only read when needed
         features = load_vgg16(device=target_l.device)

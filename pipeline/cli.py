@@ -160,8 +160,9 @@ def frame(reel: Path, index: int, out: Path, force: bool) -> None:
               help="Object mask on the reference, paired in order with --target-mask.")
 @click.option("--mask-ref", "mask_refs", type=int, multiple=True,
               help="0-based index of the --ref each mask pair belongs to (default: the first).")
-@click.option("--method", type=click.Choice(["transfer"]), default="transfer", show_default=True,
-              help="transfer: training-free super-attention colour transfer.")
+@click.option("--method", type=click.Choice(["transfer", "net"]), default="net", show_default=True,
+              help="transfer: training-free super-attention colour transfer; net: the trained network "
+                   "(model/weights/colornet.pt).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output image (.png/.tif/.jpg).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
@@ -231,6 +232,52 @@ def run(reel: Path, refs: Path | None, out: Path | None, codec: str, workdir: Pa
 
         result = run_flow(reel, refs, out, workdir=workdir, settings=settings, force=force)
     click.echo(f"{result}: colorized {reel}")
+
+
+# --- training (issue 4) -------------------------------------------------------------------
+
+@cli.command("train")
+@click.option("--data", "data", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Folder of colour photos (repeat for several).")
+@click.option("--frames", "frames", type=click.Path(path_type=Path), multiple=True,
+              help="Folder of colour frame sequences (sub-folders of frames): cross-frame pairs.")
+@click.option("--val-data", "val_data", type=click.Path(path_type=Path), multiple=True,
+              help="Held-out photos for validation (default: pairs drawn from the training photos).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--size", type=click.IntRange(min=32), default=128, show_default=True, help="Training window, px.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-photos", type=click.IntRange(min=0), default=0, show_default=True, help="0 = all.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CPU threads.")
+def train_command(data: tuple[Path, ...], frames: tuple[Path, ...], val_data: tuple[Path, ...], out: Path,
+                  steps: int, batch: int, size: int, lr: float, seed: int, max_photos: int, resume: bool,
+                  eval_every: int, device: str, threads: int) -> None:
+    """Train the exemplar colorization network (model/train.py); export OUT/colornet.pt."""
+    import torch
+
+    from model.train import TrainConfig, train
+    from pipeline.colorize import resolve_device
+
+    for folder in (*data, *frames, *val_data):
+        if not Path(folder).is_dir():
+            raise PostprodError(folder, "not a folder")
+    torch.set_num_threads(threads)
+    config = TrainConfig(data=tuple(map(str, data)), frames=tuple(map(str, frames)),
+                         val_data=tuple(map(str, val_data)), steps=steps, batch=batch, size=size, lr=lr,
+                         seed=seed, eval_every=eval_every, max_photos=max_photos)
+    try:
+        result = train(config, out, resume=resume, device=resolve_device(device),
+                       log=lambda line: click.echo(line, err=True))
+    except ValueError as err:
+        raise PostprodError(out, str(err)) from err
+    best = result["best"]
+    click.echo(f"{out}: trained to step {result['step']}; best validation ab error "
+               f"{best.get('ab_error', float('nan')):.2f} at step {best.get('step', '-')}")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-METHODS = ("transfer",)
+METHODS = ("transfer", "net")
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def colorize_still(target: np.ndarray, exemplars: list[Exemplar], *, method: str = "transfer",
-                   device: str = "auto", features: torch.nn.Module | None = None) -> np.ndarray:
+                   device: str = "auto", features: torch.nn.Module | None = None,
+                   net: torch.nn.Module | None = None) -> np.ndarray:
     """Colorize a grey image; returns its chroma as Lab ab.
 
     target: (H, W) float32 grey in [0, 1] (sRGB-encoded grey, any size).
+    method: "transfer" (training-free super-attention transfer, model.transfer) or "net" (the
+    trained network, model.net, weights model/weights/colornet.pt unless ``net`` is given).
+    features / net: pass loaded models in to reuse them across calls.
     Returns (2, H, W) float32 Lab a*, b* (CIE units, roughly [-110, 110]) for the target's pixels;
     combine with the target's own lightness with :func:`compose_rgb`.
     """
@@ -56,7 +60,14 @@ def colorize_still(target: np.ndarray, exemplars: list[Exemplar], *, method: str
         if any(e.masks for e in exemplars):
             masks = [[(torch.from_numpy(t).to(dev), torch.from_numpy(r).to(dev)) for t, r in e.masks]
                      for e in exemplars]
-        ab = transfer_colour(target_l, refs, masks, features=features)
+        if method == "net":
+            from model.features import load_vgg16
+            from model.net import colorize_net, load_colornet
+
+            ab = colorize_net(net if net is not None else load_colornet(device=dev),
+                              features if features is not None else load_vgg16(device=dev), target_l, refs, masks)
+        else:
+            ab = transfer_colour(target_l, refs, masks, features=features)
     return ab[0].float().cpu().numpy()
 
 
