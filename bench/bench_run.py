@@ -7,7 +7,8 @@ A grey reel is made of the DAVIS sequences back to back (854x480, 24000/1001 fps
 luma from the true frames' BT.601 luma, start timecode 10:00:00:00, a stereo AAC track), with a
 refs folder holding the true colour frame of each shot's first frame as ``frame-<N>.png``
 (variant ``first+last``: and of its last frame). ``postprod run --codec ffv1`` colours it in a
-fresh process (its peak resident memory measured with ``wait4``). Then:
+fresh process (its peak resident memory: ``ru_maxrss`` from ``wait4``, through a small launcher
+process, see :data:`_LAUNCHER`). Then:
 
 - media: frame count, exact frame rate, timecode and the audio packets (bytes) equal the input's;
   the output luma equals the input luma bit for bit (FFV1);
@@ -88,20 +89,28 @@ def build_reel(davis: Path, sequences: list[str], max_frames: int | None, varian
     return reel, refs, shots
 
 
+# Linux carries the forking process's high-water RSS into a child's ru_maxrss at exec (and
+# Python's subprocess forks with vfork, which lends the parent's whole address space), so a
+# child spawned from this process, which holds decoded frames and torch after scoring, reports
+# at least this process's own peak. A launcher started fresh (small) spawns the real command and
+# reports that grandchild's ru_maxrss (KiB) on its stdout's last line.
+_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'w'), "
+             "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss); "
+             "sys.exit(os.waitstatus_to_exitcode(s))")
+
+
 def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, work_size: int) -> dict:
     """``postprod run`` in a fresh process; wall time (s) and peak resident memory (MiB)."""
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
            "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", str(work_size),
            "--engine", engine]
+    log = workdir.parent / f"{out.stem}.log"
     started = time.perf_counter()
-    with open(workdir.parent / f"{out.stem}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed, see {log.name}")
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss: KiB on Linux
+        raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
+    return {"seconds": seconds, "peak_rss_mib": int(proc.stdout.split()[-1]) / 1024}  # ru_maxrss: KiB on Linux
 
 
 def audio_packets(path: Path) -> list[bytes]:

@@ -52,7 +52,8 @@ from model.color import grey_rgb, lab_to_rgb
 from model.super_attention import (DEFAULT_TAU, attention, correlation, encode_superfeatures, pair_mask,
                                    superpixel_membership, unpool)
 from model.superpixels import region_map, superpixels
-from model.transfer import (LIGHTNESS_SIGMA, FeatureExtractor, MaskPairs, check_exemplar_inputs, guided_upsample,
+from model.transfer import (LIGHTNESS_SIGMA, MASK_TAU_SCALE, OBJECT_POSITION_SIGMA, FeatureExtractor, MaskPairs,
+                            check_exemplar_inputs, guided_upsample, object_coordinates, object_position_log_prior,
                             resize, resize_mask, working_size)
 from model.weights import WEIGHTS_DIR, WeightsError, read_state
 
@@ -95,6 +96,15 @@ def _batch_remap(l: Tensor, source: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def _centroids(labels: Tensor, n: int) -> Tensor:
+    """(B, h, w) int64 superpixels ``0..n-1`` (-1 = none) -> (B, n, 2) float centroids (y, x) in px."""
+    b, h, w = labels.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device, dtype=torch.float32),
+                            torch.arange(w, device=labels.device, dtype=torch.float32), indexing="ij")
+    grid = torch.stack([ys, xs])[None].expand(b, -1, -1, -1)
+    return encode_superfeatures(grid, labels, "mean", n)[0].transpose(1, 2)
+
+
 def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Tensor,
                      reference_lab: Sequence[Tensor], labels_r: Sequence[Tensor],
                      masks: Sequence[tuple[Tensor, Tensor]] | None = None, *, tau: float = DEFAULT_TAU,
@@ -124,7 +134,7 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
     light_t = light_t[:, 0]
     levels_r: list[list[Tensor]] = [[] for _ in levels_t]
     phis_r: list[list[Tensor]] = [[] for _ in levels_t]
-    ab_r, light_r, valid_r, member_r, member_t = [], [], [], [], []
+    ab_r, light_r, valid_r, member_r, member_t, masks_t, coords_r = [], [], [], [], [], [], []
     for r, (lab, labels) in enumerate(zip(reference_lab, labels_r)):
         n = int(labels.max()) + 1
         grey_maps = features(grey_rgb(lab[:, :1]))
@@ -145,14 +155,29 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
             if tm.shape[1]:
                 mem_r[..., first:first + tm.shape[1]] = superpixel_membership(labels, rm, n)
                 member_t.append(superpixel_membership(labels_t, tm, n_t))
+                masks_t.append(tm)
             member_r.append(mem_r)
+            # reference superpixels in the frame of each of their own masks (zeros for the others)
+            cen = _centroids(labels, n)
+            coords_r.append(torch.stack([torch.stack([object_coordinates(cen[i], rm[i, k - first])
+                                                      if first <= k < first + rm.shape[1] else torch.zeros_like(cen[i])
+                                                      for k in range(k_total)]) for i in range(b)]))
     valid = torch.cat(valid_r, dim=1)
     allowed = valid[:, None, :] & valid_t[:, :, None]
-    if member_t:
-        allowed = pair_mask(torch.cat(member_t, dim=2), torch.cat(member_r, dim=1), valid) & valid_t[:, :, None]
     prior = -(light_t[:, :, None] - torch.cat(light_r, dim=1)[:, None, :]) ** 2 / (2.0 * lightness_sigma ** 2)
+    temperature: float | Tensor = tau
+    if member_t:
+        # as model.transfer: rows inside a mask pair match more softly and prefer the same place
+        # in the paired object (harness protocol B, see the transfer's module notes)
+        mem_t, mem_r = torch.cat(member_t, dim=2), torch.cat(member_r, dim=1)
+        allowed = pair_mask(mem_t, mem_r, valid) & valid_t[:, :, None]
+        temperature = torch.where(mem_t.any(dim=2, keepdim=True), tau * MASK_TAU_SCALE, tau)
+        tmasks, cen_t, cr = torch.cat(masks_t, dim=1), _centroids(labels_t, n_t), torch.cat(coords_r, dim=2)
+        prior = prior + torch.stack([
+            object_position_log_prior(mem_t[i], mem_r[i], torch.stack([object_coordinates(cen_t[i], m) for m in tmasks[i]]),
+                                      cr[i], OBJECT_POSITION_SIGMA) for i in range(b)])
     scores = torch.stack([correlation(f_t, torch.cat(f_r, dim=2)) for f_t, f_r in zip(levels_t, levels_r)]).mean(0)
-    weights = attention(scores, tau, allowed, prior)
+    weights = attention(scores, temperature, allowed, prior)
     carried = [torch.einsum("btr,bcr->bct", weights, torch.cat(p, dim=2)) for p in phis_r]
     ab_sp = torch.einsum("btr,bcr->bct", weights, torch.cat(ab_r, dim=2))
     best = scores.masked_fill(~allowed, -1.0).amax(dim=2)

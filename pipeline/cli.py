@@ -213,18 +213,20 @@ _DEFAULT_SUFFIX = {"prores": ".mov", "ffv1": ".mkv", "h264": ".mp4", "tiff": "",
               show_default=True, help="Shots without references: colour from neighbouring shots, stop, or leave grey.")
 @click.option("--work-size", type=click.IntRange(64, 2160), default=256, show_default=True,
               help="Short side (px) of the working resolution; chroma is brought back to full size.")
+@click.option("--method", type=click.Choice(["net", "transfer"]), default="net", show_default=True,
+              help="Keyframe colorizer from exemplar refs: the trained network or the training-free transfer.")
 @click.option("--engine", type=click.Choice(["prefect", "local"]), default="prefect", show_default=True,
               help="prefect: as a Prefect flow (embedded server unless PREFECT_API_URL is set); local: plain Python.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def run(reel: Path, refs: Path | None, out: Path | None, codec: str, workdir: Path | None, device: str,
-        missing: str, work_size: int, engine: str, force: bool) -> None:
+        missing: str, work_size: int, method: str, engine: str, force: bool) -> None:
     """Colorize REEL end to end: shots, keyframes from the refs, propagation, encode."""
     from pipeline.files import check_writable_destination
     from pipeline.run import RunSettings, run_reel
 
     out = out or Path(f"{reel.stem}.colorized{_DEFAULT_SUFFIX[codec]}")
     check_writable_destination(out, force=force, sources=(reel,))
-    settings = RunSettings(codec=codec, device=device, missing=missing, work_size=work_size)
+    settings = RunSettings(codec=codec, device=device, missing=missing, work_size=work_size, method=method)
     if engine == "local":
         result = run_reel(reel, refs, out, workdir=workdir, settings=settings, force=force)
     else:

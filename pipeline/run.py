@@ -49,12 +49,15 @@ class RunSettings:
     codec: output codec (prores|ffv1|h264|tiff|png). device: auto|cpu|cuda.
     missing: policy for shots without references (nearest|error|grey).
     work_size: short side in px of the working resolution for colorization and propagation.
+    method: keyframe colorizer from exemplars (``pipeline.colorize.METHODS``: net|transfer);
+        coloured keyframes are taken as they are whatever the method.
     """
 
     codec: str = "prores"
     device: str = "auto"
     missing: str = "nearest"
     work_size: int = 256
+    method: str = "net"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,7 +276,7 @@ class _ShotEngine:
             by_image.setdefault(o.image, []).append(pair)
         exemplars = [Exemplar(rgb=main, masks=tuple(by_image.pop(key.image)))]
         exemplars += [Exemplar(rgb=read_colour(img).pixels, masks=tuple(pairs)) for img, pairs in by_image.items()]
-        ab = colorize_still(grey, exemplars, device=str(self.device))
+        ab = colorize_still(grey, exemplars, method=self.settings.method, device=str(self.device))
         return _resize(ab, self.work)
 
     def _segment_rgb(self, plan_path: Path, workdir: Path, frame_index: int | None, plan: Plan) -> np.ndarray:

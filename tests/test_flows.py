@@ -45,14 +45,16 @@ REF_SHOTS = (0, 2, 4)  # shots 1, 3, 5 take their colours from neighbouring shot
 def write_cut_reel(path: Path, shots: int = SHOTS, length: int = SHOT_LEN, width: int = 96, height: int = 64,
                    seed: int = 7) -> Path:
     """A grey FFV1 reel of ``shots`` hard-cut shots of ``length`` frames at 24 fps: each shot a
-    different blocky texture panned 2 px a frame, with a bar moving 3 px a frame."""
+    different blocky texture panned 2 px a frame, with a bar moving 3 px a frame. Blocks are 8 px
+    per 64 px of height, so larger reels are not noise at the shot detector's analysis size."""
     rng = np.random.default_rng(seed)
+    block = 8 * max(1, height // 64)
     with av.open(str(path), "w") as out:
         video = out.add_stream("ffv1", rate=Fraction(24))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         for s in range(shots):
-            blocks = rng.integers(30, 220, size=(height // 8, width // 8)).astype(np.float32)
-            texture = np.kron(blocks, np.ones((8, 8), np.float32))
+            blocks = rng.integers(30, 220, size=(-(-height // block), -(-width // block))).astype(np.float32)
+            texture = np.kron(blocks, np.ones((block, block), np.float32))[:height, :width]
             for f in range(length):
                 bar = ((np.arange(width)[None] - 3 * f) % width < 6) * 30.0
                 grey = np.clip(np.roll(texture, 2 * f, axis=1) + bar, 0, 255).astype(np.uint8)
