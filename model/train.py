@@ -48,7 +48,6 @@ from model.color import lab_to_rgb, rgb_to_lab
 from model.net import ColorNet, Matched, colornet_shapes, match_references
 from model.superpixels import superpixels
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 CROPS_PER_PHOTO = 4
 CROP_SPREAD = 0.25  # windows' centres within +-25 % of the free range around the photo's centre
 FRAME_GAP = 10
@@ -89,17 +88,20 @@ class Bank:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted."""
+    """Image files directly in ``folder``, sorted (the suffixes ``pipeline.images`` reads)."""
+    from pipeline.images import IMAGE_SUFFIXES
+
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _read_rgb(path: Path) -> Tensor:
-    """(3, H, W) float32 RGB [0, 1] (8- or 16-bit files, grey replicated)."""
-    from PIL import Image
+    """(3, H, W) float32 RGB [0, 1] through the project's image reader (8/16-bit; grey replicated;
+    an unreadable file is a one-line ``PostprodError`` naming it)."""
+    from pipeline.images import read_image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    pixels = read_image(path).pixels
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
 def _fit(rgb: Tensor, short: int) -> Tensor:
@@ -292,15 +294,13 @@ def _set_rng_state(state: dict) -> None:
 
 def export_weights(net: ColorNet, dest: Path, meta: dict) -> None:
     """Write the network's float tensors in float16 (plus ``meta`` strings/numbers) to ``dest``, atomically."""
-    from pipeline.files import atomic_output
-
     shapes = colornet_shapes(net)
     state = {k: v.detach().to("cpu", torch.float16) for k, v in net.state_dict().items() if k in shapes}
-    with atomic_output(dest, force=True) as tmp:
-        torch.save({**state, "meta": meta}, tmp)
+    _save({**state, "meta": meta}, dest)
 
 
 def _save(obj: dict, dest: Path) -> None:
+    """``torch.save`` to ``dest`` atomically (never a half-written checkpoint)."""
     from pipeline.files import atomic_output
 
     with atomic_output(dest, force=True) as tmp:
