@@ -357,7 +357,8 @@ class _Sweep:
             return out, conf
         gain = (1.0 - conf) * np.exp(-err / s.restore_scale)
         total = conf + gain
-        return (conf * out + gain * ab) / np.maximum(total, 1e-6), total
+        # (C out + g ab) / (C + g), written so that pixels with C + g ~ 0 keep ``out`` (not grey)
+        return out + gain / np.maximum(total, 1e-6) * (ab - out), total
 
     def step(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Colour the next frame of the sweep, L (h, w): its (ab (2, h, w), confidence (h, w))."""
