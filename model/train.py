@@ -1,10 +1,11 @@
 """Training of :class:`model.net.ColorNet` (``postprod train``): data, augmentation, losses, loop, checkpoints.
 
-Data (:func:`build_bank`): colour photos (every image file directly in a ``--data`` folder) and
-optionally folders of frames (``--frames``: every sub-folder, or the folder itself, holding an
-image sequence). Each photo is resized so its short side is ``1.375 * size`` and cut into
-``CROPS_PER_PHOTO`` overlapping ``size x size`` windows; a frame sequence gives windows at one
-position in frames t and t + k (k <= ``FRAME_GAP``). SLIC superpixels are computed once per
+Data (:func:`build_bank`): colour photos and optionally frame sequences, as a :class:`TrainingImages`
+that the caller fills (``postprod train`` lists the ``--data`` / ``--frames`` folders and reads the
+files through ``pipeline.images``): this module opens no image file itself, only its checkpoints.
+Each photo is resized so its short side is ``1.375 * size`` and cut into ``CROPS_PER_PHOTO``
+overlapping ``size x size`` windows; a frame sequence gives windows at one position in frames t
+and t + k (k <= ``FRAME_GAP``). SLIC superpixels are computed once per
 window and cached (``bank.pt`` in the output folder): SLIC costs ~70 ms per 128 x 128 window on
 this CPU, ~1.1 s per batch of 8 pairs if recomputed every step, more than the network's step.
 
@@ -57,13 +58,32 @@ SMOOTH_L1_BETA = 2.0 / 110.0  # quadratic below 2 ab units
 Log = Callable[[str], None]
 
 
+ImageReader = Callable[[Path], np.ndarray]
+"""``read(path) -> (H, W, 3) float32 RGB in [0, 1]`` (``pipeline.images.read_rgb``)."""
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """The training material: colour photos, frame sequences (each in display order) for cross-frame
+    pairs, held-out photos for validation (none: validation pairs come from the training photos),
+    and the reader that turns a path into pixels."""
+
+    photos: tuple[Path, ...]
+    read: ImageReader
+    sequences: tuple[tuple[Path, ...], ...] = ()
+    val_photos: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        """One line for logs and the exported weights' metadata."""
+        folders = sorted({str(p.parent) for p in self.photos})
+        return (f"{len(self.photos)} photos in {', '.join(folders) or '-'}; {len(self.sequences)} frame sequences; "
+                f"{len(self.val_photos)} validation photos")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters; ``size`` = training window side (px), ``steps`` total optimiser steps."""
 
-    data: tuple[str, ...]
-    frames: tuple[str, ...] = ()
-    val_data: tuple[str, ...] = ()
     steps: int = 1000
     batch: int = 8
     size: int = 128
@@ -87,21 +107,9 @@ class Bank:
     groups: list[list[int]] = field(default_factory=list)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted (the suffixes ``pipeline.images`` reads)."""
-    from pipeline.images import IMAGE_SUFFIXES
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_rgb(path: Path) -> Tensor:
-    """(3, H, W) float32 RGB [0, 1] through the project's image reader (8/16-bit; grey replicated;
-    an unreadable file is a one-line ``PostprodError`` naming it)."""
-    from pipeline.images import read_image
-
-    pixels = read_image(path).pixels
-    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
-    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).contiguous()
+def _read_rgb(read: ImageReader, path: Path) -> Tensor:
+    """(3, H, W) float32 RGB [0, 1] of ``path`` through the injected reader."""
+    return torch.from_numpy(np.ascontiguousarray(read(path), dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
 def _fit(rgb: Tensor, short: int) -> Tensor:
@@ -125,20 +133,17 @@ def _window_labels(rgb: Tensor) -> Tensor:
     return superpixels(l).to(torch.int16)
 
 
-def build_bank(photo_dirs: Sequence[str | Path], frame_dirs: Sequence[str | Path], size: int, seed: int,
-               max_photos: int = 0, log: Log = print) -> Bank:
-    """Cut photos / frame sequences into windows and segment them (see the module notes)."""
+def build_bank(photos: Sequence[Path], sequences: Sequence[Sequence[Path]], read: ImageReader, size: int,
+               seed: int, max_photos: int = 0, log: Log = print) -> Bank:
+    """Cut photos / frame sequences into windows and segment them (see the module notes);
+    ``max_photos`` > 0 draws that many photos at random (seeded)."""
     rng = np.random.default_rng(seed)
     rgbs: list[Tensor] = []
     labels: list[Tensor] = []
     groups: list[list[int]] = []
-    photos = [p for d in photo_dirs for p in list_images(Path(d))]
+    photos = list(photos)
     if max_photos:
         photos = [photos[i] for i in sorted(rng.choice(len(photos), min(max_photos, len(photos)), replace=False))]
-    sequences = []
-    for d in map(Path, frame_dirs):
-        subs = [s for s in sorted(d.iterdir()) if s.is_dir() and list_images(s)]
-        sequences += [list_images(s) for s in subs] or [list_images(d)]
     start = time.perf_counter()
 
     def add(windows: list[Tensor]) -> None:
@@ -148,12 +153,12 @@ def build_bank(photo_dirs: Sequence[str | Path], frame_dirs: Sequence[str | Path
             labels.append(_window_labels(win))
 
     for path in photos:
-        rgb = _fit(_read_rgb(path), round(size * 1.375))
+        rgb = _fit(_read_rgb(read, path), round(size * 1.375))
         add([rgb[:, y:y + size, x:x + size] for y, x in _windows(*rgb.shape[-2:], size, CROPS_PER_PHOTO, rng)])
     for frames in sequences:
         for i in range(0, max(0, len(frames) - 1), FRAME_GAP):
             j = min(len(frames) - 1, i + int(rng.integers(1, FRAME_GAP + 1)))
-            a, b = (_fit(_read_rgb(frames[k]), round(size * 1.375)) for k in (i, j))
+            a, b = (_fit(_read_rgb(read, frames[k]), round(size * 1.375)) for k in (i, j))
             (y, x), = _windows(*a.shape[-2:], size, 1, rng)
             add([a[:, y:y + size, x:x + size], b[:, y:y + size, x:x + size]])
     if not groups:
@@ -315,9 +320,9 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(config: TrainConfig, out: Path, *, resume: bool = False, device: torch.device | str = "cpu",
-          log: Log = print) -> dict:
-    """Train (or resume) into ``out``; returns the last validation scores and the step reached.
+def train(config: TrainConfig, images: TrainingImages, out: Path, *, resume: bool = False,
+          device: torch.device | str = "cpu", log: Log = print) -> dict:
+    """Train (or resume) on ``images`` into ``out``; returns the last validation scores and the step reached.
 
     Raises ``ValueError`` for an unusable configuration (no images, a resume without checkpoint).
     """
@@ -334,16 +339,18 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, device: torch
     random.seed(config.seed)
 
     bank_path = out / "bank.pt"
-    key = {"data": list(config.data), "frames": list(config.frames), "size": config.size, "seed": config.seed,
-           "max_photos": config.max_photos}
+    key = {"photos": list(map(str, images.photos)), "sequences": [list(map(str, q)) for q in images.sequences],
+           "size": config.size, "seed": config.seed, "max_photos": config.max_photos}
     cached = torch.load(bank_path, weights_only=False) if bank_path.is_file() else None
     if cached is not None and cached["key"] == key:
         bank = Bank(cached["rgb"], cached["labels"], cached["groups"])
         log(f"bank: {len(bank.rgb)} cached windows ({bank_path})")
     else:
-        bank = build_bank(config.data, config.frames, config.size, config.seed, config.max_photos, log)
+        bank = build_bank(images.photos, images.sequences, images.read, config.size, config.seed,
+                          config.max_photos, log)
         _save({"key": key, "rgb": bank.rgb, "labels": bank.labels, "groups": bank.groups}, bank_path)
-    val_bank = build_bank(config.val_data, (), config.size, config.seed + 1, 0, log) if config.val_data else bank
+    val_bank = (build_bank(images.val_photos, (), images.read, config.size, config.seed + 1, 0, log)
+                if images.val_photos else bank)
     val_gen = torch.Generator().manual_seed(config.seed + 12345)
     n_val = min(VAL_PAIRS, len(val_bank.groups))
     val_groups = torch.randperm(len(val_bank.groups), generator=val_gen)[:n_val].tolist()
@@ -392,7 +399,7 @@ def train(config: TrainConfig, out: Path, *, resume: bool = False, device: torch
             if improved:
                 best = {**scores, "step": step}
                 meta = {"step": step, "val_ab_error": scores["ab_error"], "val_psnr": scores["psnr"],
-                        "config": repr(asdict(config))}
+                        "config": repr(asdict(config)), "data": images.describe()}
                 _save({"model": net.state_dict(), "step": step, "scores": scores}, out / "best.pt")
                 export_weights(net, out / "colornet.pt", meta)
             log(f"step {step} validation: {_fmt(scores)}{' (best)' if improved else ''}")

@@ -262,18 +262,18 @@ def train_command(data: tuple[Path, ...], frames: tuple[Path, ...], val_data: tu
     """Train the exemplar colorization network (model/train.py); export OUT/colornet.pt."""
     import torch
 
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, TrainingImages, train
     from pipeline.colorize import resolve_device
+    from pipeline.images import list_images, list_sequences, read_rgb
 
-    for folder in (*data, *frames, *val_data):
-        if not Path(folder).is_dir():
-            raise PostprodError(folder, "not a folder")
+    images = TrainingImages(photos=tuple(p for d in data for p in list_images(d)), read=read_rgb,
+                            sequences=tuple(tuple(q) for d in frames for q in list_sequences(d)),
+                            val_photos=tuple(p for d in val_data for p in list_images(d)))
     torch.set_num_threads(threads)
-    config = TrainConfig(data=tuple(map(str, data)), frames=tuple(map(str, frames)),
-                         val_data=tuple(map(str, val_data)), steps=steps, batch=batch, size=size, lr=lr,
-                         seed=seed, eval_every=eval_every, max_photos=max_photos)
+    config = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, eval_every=eval_every,
+                         max_photos=max_photos)
     try:
-        result = train(config, out, resume=resume, device=resolve_device(device),
+        result = train(config, images, out, resume=resume, device=resolve_device(device),
                        log=lambda line: click.echo(line, err=True))
     except ValueError as err:
         raise PostprodError(out, str(err)) from err

@@ -90,6 +90,28 @@ def read_colour(path: str | Path) -> LoadedImage:
     return img
 
 
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read any 8/16-bit image as RGB (H, W, 3) float32 in [0, 1]; a grey file is replicated
+    (training photos: grey ones are kept, they still teach the network where colour is absent)."""
+    pixels = read_image(path).pixels
+    return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PostprodError(folder, "not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def list_sequences(folder: str | Path) -> list[list[Path]]:
+    """Frame sequences in ``folder``: one per sub-folder holding images, or the folder itself if none does."""
+    folder = Path(folder)
+    subs = [list_images(s) for s in sorted(folder.iterdir()) if s.is_dir()] if folder.is_dir() else []
+    return [s for s in subs if s] or [list_images(folder)]
+
+
 def read_mask(path: str | Path, size: tuple[int, int], *, of: str | Path | None = None) -> np.ndarray:
     """Read a mask (any 8/16-bit image, non-zero = inside) as (H, W) bool.
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from model.color import rgb_to_lab
 from model.net import load_colornet
-from model.train import Bank, TrainConfig, losses, random_warp_grid, sample_batch
+from model.train import Bank, TrainConfig, build_bank, losses, random_warp_grid, sample_batch
 from pipeline.cli import cli
+from pipeline.images import list_sequences
 
 
 def _write_photos(folder: Path, count: int, size: tuple[int, int] = (40, 56)) -> Path:
@@ -33,12 +34,40 @@ def test_identity_warp_is_identity() -> None:
     assert torch.allclose(grid, identity, atol=1e-4)
 
 
+def test_bank_reads_through_the_injected_reader(tmp_path: Path) -> None:
+    """model/ opens no image file: photos and frames come in as paths and a reader (here in memory)."""
+    rng = np.random.default_rng(0)
+    pixels = {Path(f"p{i}"): rng.uniform(0, 1, (40, 48, 3)).astype(np.float32) for i in range(2)}
+    frames = [Path(f"f{i}") for i in range(12)]
+    pixels |= {f: rng.uniform(0, 1, (40, 48, 3)).astype(np.float32) for f in frames}
+    read: list[Path] = []
+
+    def reader(path: Path) -> np.ndarray:
+        read.append(path)
+        return pixels[path]
+
+    bank = build_bank(list(pixels)[:2], [frames], reader, size=24, seed=0, log=lambda _: None)
+    # 4 windows per photo, one group each; the 12-frame sequence gives pairs at frames 0 and 10
+    assert [len(g) for g in bank.groups] == [4, 4, 2, 2]
+    assert bank.rgb.shape == (12, 3, 24, 24) and bank.labels.shape == (12, 24, 24)
+    assert set(read) >= {Path("p0"), Path("p1"), Path("f0"), Path("f10")}
+
+
+def test_frame_sequences_are_sub_folders_or_the_folder(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        _write_photos(tmp_path / "seqs" / name, 2)
+    (tmp_path / "seqs" / "empty").mkdir()
+    assert [[p.name for p in q] for q in list_sequences(tmp_path / "seqs")] == [["photo0.png", "photo1.png"]] * 2
+    flat = _write_photos(tmp_path / "flat", 3)
+    assert [len(q) for q in list_sequences(flat)] == [3]
+
+
 def test_sample_batch_pairs() -> None:
     gen = torch.Generator().manual_seed(0)
     rgb = (torch.rand(6, 3, 24, 24, generator=gen) * 255).to(torch.uint8)
     labels = (torch.arange(24)[:, None] // 6 * 4 + torch.arange(24)[None, :] // 6).expand(6, 24, 24).to(torch.int16)
     bank = Bank(rgb, labels, [[0, 1, 2], [3, 4, 5]])
-    config = TrainConfig(data=("x",), batch=4, size=24)
+    config = TrainConfig(batch=4, size=24)
     target, labels_t, ref, labels_r = sample_batch(bank, config, torch.Generator().manual_seed(1))
     assert target.shape == ref.shape == (4, 3, 24, 24) and labels_t.shape == labels_r.shape == (4, 24, 24)
     assert labels_t.dtype == labels_r.dtype == torch.int64
