@@ -91,8 +91,7 @@ def read_colour(path: str | Path) -> LoadedImage:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read any 8/16-bit image as RGB (H, W, 3) float32 in [0, 1]; a grey file is replicated
-    (training photos: grey ones are kept, they still teach the network where colour is absent)."""
+    """Read any 8/16-bit image as RGB (H, W, 3) float32 in [0, 1]; a grey file is replicated."""
     pixels = read_image(path).pixels
     return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
 

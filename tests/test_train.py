@@ -34,7 +34,7 @@ def test_identity_warp_is_identity() -> None:
     assert torch.allclose(grid, identity, atol=1e-4)
 
 
-def test_bank_reads_through_the_injected_reader(tmp_path: Path) -> None:
+def test_bank_reads_through_the_injected_reader() -> None:
     """model/ opens no image file: photos and frames come in as paths and a reader (here in memory)."""
     rng = np.random.default_rng(0)
     pixels = {Path(f"p{i}"): rng.uniform(0, 1, (40, 48, 3)).astype(np.float32) for i in range(2)}
