@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from pipeline.files import atomic_output
-from pipeline.media.decode import is_intra_only
+from pipeline.media.decode import configure_decoder, is_intra_only
 from pipeline.media.probe import scan_packets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -233,11 +233,8 @@ def decode_refs_pyav(path: Path) -> list[int]:
     """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        ctx = stream.codec_context
-        ctx.options = {**ctx.options, "skip_loop_filter": "all"}
-        ctx.flags2 |= av.codec.context.Flags2.fast
-        ctx.skip_frame = "NONREF"
+        configure_decoder(stream, analysis=True)
+        stream.codec_context.skip_frame = "NONREF"
         for _ in container.decode(stream):
             pass
     return []

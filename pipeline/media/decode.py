@@ -165,7 +165,7 @@ def is_intra_only(index: PacketIndex) -> bool:
     return index.frames > 0 and index.key_pts.shape[0] == index.frames
 
 
-def _configure(stream: VideoStream, analysis: bool) -> None:
+def configure_decoder(stream: VideoStream, analysis: bool) -> None:
     """Decoder settings, before the first packet opens the codec (see ``analysis`` in :func:`iter_frame_ranges`)."""
     ctx = stream.codec_context
     ctx.thread_type = "AUTO"
@@ -212,7 +212,7 @@ def _packets_from(container: InputContainer, stream: VideoStream, index: PacketI
             return
     with open_input(path) as again:  # slow but exact: skip packets from the very start
         stream2 = video_stream(again, path)
-        _configure(stream2, analysis)
+        configure_decoder(stream2, analysis)
         it = again.demux(stream2)
         for packet in it:
             if packet.is_keyframe and (packet.pts if packet.pts is not None else packet.dts) == key_pts:
@@ -282,7 +282,7 @@ def iter_frame_ranges(path: Path, ranges: Sequence[range], *, index: PacketIndex
                                                  f"{n} frames are present")
     with open_input(path) as container:
         stream = video_stream(container, path)
-        _configure(stream, analysis)
+        configure_decoder(stream, analysis)
         packets = _packets_from(container, stream, index, clipped[0].start, path, analysis=analysis)
         yield from _decode(packets, index, _Wanted(clipped), path, intra=is_intra_only(index),
                            max_height=max_height, chroma=chroma, report=report)
