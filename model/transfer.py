@@ -58,6 +58,12 @@ Deviations from the thesis (ch. 4 transfers between two colour images):
   see only that region's colours (extended smoothly outside it), so no colour crosses a mask
   border (without it, border errors up to 41 ab units over 8+ px were measured).
 * Steps 1 and 7 (working resolution, guided upsampling) are ours, for any input size.
+* Image-position prior (ours, optional, off by default): ``position_sigma`` adds
+  ``-|p_t - p_r|^2 / (2 sigma^2)`` to the logits, p a superpixel's centroid divided by its image's
+  height and width. For frames of one shot, where a thing seldom moves across the whole picture
+  (sky stays at the top); wrong for an unrelated photo, hence off by default. Frame 0 of each DAVIS
+  sequence onto frames 20, 32, ... of the same sequence (128 px, no regrain, mean ab squared error):
+  105.8 without, 97.6 / 97.3 / 102.2 with sigma 0.15 / 0.3 / 0.6.
 """
 from __future__ import annotations
 
@@ -144,6 +150,25 @@ def superpixel_centroids(labels: Tensor) -> Tensor:
     ys, xs = torch.meshgrid(torch.arange(h, device=labels.device, dtype=torch.float32),
                             torch.arange(w, device=labels.device, dtype=torch.float32), indexing="ij")
     return encode_superfeatures(torch.stack([ys, xs])[None], labels[None], "mean")[0][0].T
+
+
+def image_position(points: Tensor, shape: tuple[int, int] | torch.Size) -> Tensor:
+    """(N, 2) (y, x) px in an image of ``shape`` (h, w) -> (N, 2) in image heights and widths."""
+    return points / torch.tensor(tuple(shape), dtype=points.dtype, device=points.device)
+
+
+def position_log_prior(places_t: Tensor, places_r: Tensor, sigma: float) -> Tensor:
+    """Log of a Gaussian prior on matching superpixels at similar image positions.
+
+    Args:
+        places_t: (N_t, 2) target superpixel positions (:func:`image_position`).
+        places_r: (N_r, 2) reference superpixel positions.
+        sigma: in image heights/widths.
+
+    Returns:
+        (N_t, N_r) ``-|places_t[i] - places_r[j]|^2 / (2 sigma^2)``.
+    """
+    return -torch.cdist(places_t, places_r) ** 2 / (2.0 * sigma**2)
 
 
 def object_coordinates(points: Tensor, mask: Tensor) -> Tensor:
@@ -470,7 +495,8 @@ def check_exemplar_inputs(target_l: Tensor, reference_lab: Sequence[Tensor], mas
 def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None = None, *,
                     features: FeatureExtractor | None = None, tau: float = DEFAULT_TAU,
                     delta_s: float = 10.0, delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE,
-                    reduce: Reduce = "amax", fusion_radius: float = 1.5, regrain_output: bool = True) -> Tensor:
+                    reduce: Reduce = "amax", fusion_radius: float = 1.5, regrain_output: bool = True,
+                    position_sigma: float | None = None) -> Tensor:
     """Colour a grey image from colour references (thesis ch. 4; see the module notes).
 
     Args:
@@ -488,6 +514,8 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
             ``"mean"`` (thesis ch. 4).
         fusion_radius: fusion neighbourhood in superpixel spacings.
         regrain_output: apply the regrain post-process (thesis: yes).
+        position_sigma: image-position prior's scale in image heights/widths (None: no prior;
+            for references from the same shot, see the module notes).
 
     Returns:
         (1, 2, H, W) float ab on ``target_l``'s device.
@@ -517,7 +545,7 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     # 3. super-features, and mean L for the lightness prior; references concatenated along N
     levels_t = superfeature_levels(features, l_t, labels_t, reduce)
     levels_r: list[list[Tensor]] = []
-    colours_r, member_r, lightness_r, coords_r = [], [], [], []
+    colours_r, member_r, lightness_r, coords_r, places_r = [], [], [], [], []
     k_total, first = len(target_masks), 0
     for ref, ref_pairs in zip(reference_lab, pairs):
         lab = resize(ref.to(device).float(), working_size(*ref.shape[-2:], work_size))
@@ -534,6 +562,7 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
                 labels[None], torch.stack(ref_masks)[None], member.shape[1])
         member_r.append(member)
         centroids = superpixel_centroids(labels)
+        places_r.append(image_position(centroids, labels.shape))
         # this reference's superpixels in the frame of every mask pair (only its own pairs matter)
         coords_r.append(torch.stack([object_coordinates(centroids, ref_masks[k - first])
                                      if first <= k < first + len(ref_masks) else torch.zeros_like(centroids)
@@ -545,6 +574,9 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     # lightness prior; rows restricted to a mask pair use a softer temperature (module notes)
     lightness_t = encode_superfeatures(l_t, labels_t[None], "mean")[0][0, 0]
     prior = lightness_log_prior(lightness_t, torch.cat(lightness_r), LIGHTNESS_SIGMA)[None]
+    if position_sigma is not None:
+        places_t = image_position(superpixel_centroids(labels_t), labels_t.shape)
+        prior = prior + position_log_prior(places_t, torch.cat(places_r), position_sigma)[None]
     allowed, temperature = None, torch.full((1, n_t, 1), tau, device=device)
     if target_masks:
         member_t = superpixel_membership(labels_t[None], torch.stack(target_masks)[None], n_t)
@@ -595,8 +627,8 @@ class ColourTransfer(nn.Module):
 
     Args:
         features: extractor module (default: pretrained VGG-16 loaded once here).
-        tau, delta_s, delta_c, work_size, reduce, fusion_radius, regrain_output: see
-            :func:`transfer_colour`.
+        tau, delta_s, delta_c, work_size, reduce, fusion_radius, regrain_output, position_sigma:
+            see :func:`transfer_colour`.
 
     Forward: ``(target_l (1, 1, H, W), reference_lab list[(1, 3, Hr, Wr)], masks=None)`` ->
     ab (1, 2, H, W).
@@ -604,14 +636,16 @@ class ColourTransfer(nn.Module):
 
     def __init__(self, features: nn.Module | None = None, *, tau: float = DEFAULT_TAU, delta_s: float = 10.0,
                  delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE, reduce: Reduce = "amax",
-                 fusion_radius: float = 1.5, regrain_output: bool = True) -> None:
+                 fusion_radius: float = 1.5, regrain_output: bool = True,
+                 position_sigma: float | None = None) -> None:
         super().__init__()
         if features is None:
             from model.features import load_vgg16
             features = load_vgg16()
         self.features = features
         self.options = dict(tau=tau, delta_s=delta_s, delta_c=delta_c, work_size=work_size, reduce=reduce,
-                            fusion_radius=fusion_radius, regrain_output=regrain_output)
+                            fusion_radius=fusion_radius, regrain_output=regrain_output,
+                            position_sigma=position_sigma)
 
     def forward(self, target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None = None) -> Tensor:
         return transfer_colour(target_l, reference_lab, masks, features=self.features, **self.options)

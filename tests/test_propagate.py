@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pipeline.metrics import colourfulness, psnr
-from pipeline.propagate import (MemoryStore, NpyStore, PropagationSettings, flow_confidence, fusion_weights,
+from pipeline.propagate import (MemoryStore, NpyStore, PropagationSettings, flow_confidence, flow_estimator,
+                                fusion_weights,
                                 optical_flow, propagate_shot, refine_chroma, to_working, upsample_chroma, warp)
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
@@ -95,7 +96,7 @@ def occlusion_frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_occlusion_confidence_is_low_where_background_is_uncovered() -> None:
     l_s, l_t, uncovered = occlusion_frames()
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = flow_estimator()
     conf = flow_confidence(optical_flow(l_t, l_s, dis), optical_flow(l_s, l_t, dis))
     assert conf.shape == l_t.shape and conf.min() >= 0 and conf.max() <= 1
     far = np.zeros_like(uncovered)

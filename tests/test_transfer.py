@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from model.color import grey_rgb, lab_to_rgb, rgb_to_lab
 from model.superpixels import superpixels
-from model.transfer import (ColourTransfer, colour_fusion, extend_region, guided_upsample, lightness_log_prior,
+from model.transfer import (ColourTransfer, colour_fusion, extend_region, guided_upsample, image_position,
+                            lightness_log_prior, position_log_prior,
                             object_coordinates, object_position_log_prior, per_region, regrain, regrain_ab,
                             remap_lightness, superpixel_centroids, transfer_colour, working_size)
 
@@ -180,6 +181,31 @@ def test_object_position_prior_steers_within_a_mask(features: StandInFeatures,
     monkeypatch.setattr("model.transfer.OBJECT_POSITION_SIGMA", 1e9)
     top, bottom = redness(transfer_colour(target, [reference], [[(target_mask, reference_mask)]], features=features))
     assert abs(top - bottom) < 0.05
+
+
+def test_image_position_prior_steers_without_masks(features: StandInFeatures) -> None:
+    # same texture and lightness everywhere: only the position in the picture tells the top (red in
+    # the reference) from the bottom (blue), as for frames of one shot
+    h, w = 48, 64
+    reference = two_colour_reference(h, w)
+    target = (45 + 25 * stripes(h, w, True))[None, None]
+    red, blue = reference[0, 1:, 0, 0], reference[0, 1:, -1, 0]
+
+    def top_and_bottom(ab: Tensor) -> tuple[Tensor, Tensor]:
+        return ab[0, :, 4:18, 8:56].mean((1, 2)), ab[0, :, 30:44, 8:56].mean((1, 2))
+
+    top, bottom = top_and_bottom(transfer_colour(target, [reference], features=features))
+    assert (top - bottom).abs().max() < 5, "without the prior top and bottom look alike"
+    top, bottom = top_and_bottom(transfer_colour(target, [reference], features=features, position_sigma=0.3))
+    assert (top - red).norm() < (top - blue).norm() and (bottom - blue).norm() < (bottom - red).norm()
+    assert (top - bottom) @ (red - blue) > 0.3 * (red - blue).square().sum()
+
+
+def test_image_position_and_its_prior() -> None:
+    places = image_position(torch.tensor([[0.0, 0.0], [24.0, 32.0]]), (48, 64))
+    torch.testing.assert_close(places, torch.tensor([[0.0, 0.0], [0.5, 0.5]]))
+    prior = position_log_prior(places, torch.tensor([[0.0, 0.0], [0.5, 0.0]]), 0.5)
+    torch.testing.assert_close(prior, torch.tensor([[0.0, -0.5], [-1.0, -0.5]]))
 
 
 def test_lightness_remap_and_prior() -> None:
