@@ -161,7 +161,8 @@ def full_method(settings: PropagationSettings) -> Method:
     """:func:`pipeline.propagate.propagate_shot` (VGG-16 of its colorizer loaded once)."""
     from pipeline.propagate import attention_colorizer
 
-    colorizer = (attention_colorizer(work_size=settings.attention_size, position_sigma=settings.attention_position_sigma)
+    colorizer = (attention_colorizer(work_size=settings.attention_size,
+                                     position_sigma=settings.attention_position_sigma)
                  if settings.attention_every > 0 else None)
 
     def run(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:

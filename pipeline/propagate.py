@@ -537,5 +537,5 @@ def attention_colorizer(device: str = "cpu", work_size: int = 128, features: obj
 
 
 __all__ = ["Colorizer", "FrameStore", "MemoryStore", "NpyStore", "PropagationSettings", "attention_colorizer",
-           "flow_confidence", "flow_estimator", "fusion_weights", "optical_flow", "propagate_shot", "refine_chroma", "to_working",
-           "upsample_chroma", "warp"]
+           "flow_confidence", "flow_estimator", "fusion_weights", "optical_flow", "propagate_shot", "refine_chroma",
+           "to_working", "upsample_chroma", "warp"]

@@ -13,8 +13,8 @@ import torch
 
 from pipeline.metrics import colourfulness, psnr
 from pipeline.propagate import (MemoryStore, NpyStore, PropagationSettings, flow_confidence, flow_estimator,
-                                fusion_weights,
-                                optical_flow, propagate_shot, refine_chroma, to_working, upsample_chroma, warp)
+                                fusion_weights, optical_flow, propagate_shot, refine_chroma, to_working,
+                                upsample_chroma, warp)
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 FLOW_ONLY = PropagationSettings(attention_every=0)  # no exemplar colorizer: synthetic tests stay fast

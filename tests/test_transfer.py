@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from model.color import grey_rgb, lab_to_rgb, rgb_to_lab
 from model.superpixels import superpixels
 from model.transfer import (ColourTransfer, colour_fusion, extend_region, guided_upsample, image_position,
-                            lightness_log_prior, position_log_prior,
-                            object_coordinates, object_position_log_prior, per_region, regrain, regrain_ab,
-                            remap_lightness, superpixel_centroids, transfer_colour, working_size)
+                            lightness_log_prior, object_coordinates, object_position_log_prior, per_region,
+                            position_log_prior, regrain, regrain_ab, remap_lightness, superpixel_centroids,
+                            transfer_colour, working_size)
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
