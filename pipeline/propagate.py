@@ -385,7 +385,7 @@ class _Sweep:
     def step(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Colour the next frame of the sweep, L (h, w): its (ab (2, h, w), confidence (h, w))."""
         s = self.s
-        self.l_previous = self.l
+        l_previous = self.l  # the previous output's L, for the colorizer's references below
         back = optical_flow(l, self.l, self.dis)
         fwd = optical_flow(self.l, l, self.dis)
         consistency = flow_confidence(back, fwd, s.consistency_alpha, s.consistency_beta)
@@ -406,7 +406,7 @@ class _Sweep:
         if self.since_attention >= s.attention_every and float((conf < 0.5).mean()) >= s.attention_min_area:
             refs = [self.key_lab]
             if s.attention_previous:
-                refs.append(np.concatenate([self.l_previous[None], self.ab]).astype(np.float32))
+                refs.append(np.concatenate([l_previous[None], self.ab]).astype(np.float32))
             fresh = self.colorizer(l, refs)
             attn = s.attention_blend * fresh + (1.0 - s.attention_blend) * attn
             self.since_attention = 0

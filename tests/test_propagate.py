@@ -129,6 +129,24 @@ def test_confidence_is_restored_where_the_keyframe_still_matches() -> None:
     assert errors[True] < errors[False] / 2, errors
 
 
+def test_attention_references_are_the_keyframe_and_optionally_the_previous_output() -> None:
+    h, w, n = 32, 40, 6
+    canvas_l, canvas_ab = texture(h, w + 8, seed=2), colour_field(h, w + 8)
+    ls = [canvas_l[:, t:t + w] for t in range(n)]  # a pan: new content at one edge every frame
+    for previous in (False, True):
+        seen: list[int] = []
+
+        def colorizer(target_l: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
+            seen.append(len(references))
+            assert all(r.shape == (3, h, w) for r in references)
+            return np.zeros((2, *target_l.shape), np.float32)
+
+        settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_previous=previous)
+        list(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(),
+                            settings=settings))
+        assert seen == [2 if previous else 1] * (n - 1)
+
+
 def test_flow_leaving_the_frame_has_no_confidence() -> None:
     flow = np.zeros((8, 10, 2), np.float32)
     flow[:, :, 0] = -3.0  # everything comes from 3 px to the left
