@@ -563,7 +563,8 @@ def _backward(n: int, keyframes: dict[int, np.ndarray], keys: list[int], store: 
 
 # --- the default attention term -----------------------------------------------------------
 
-def attention_colorizer(device: str = "cpu", work_size: int = 192, features: object | None = None,
+def attention_colorizer(device: str = "cpu", work_size: int = PropagationSettings.attention_size,
+                        features: object | None = None,
                         position_sigma: float | None = None) -> Colorizer:
     """The training-free super-attention transfer (``model.transfer.transfer_colour``, VGG-16
     loaded once) as a :data:`Colorizer`, run at ``work_size`` without regrain (the propagation

@@ -142,7 +142,7 @@ def test_background_revealed_behind_a_moving_object_gets_its_keyframe_colours() 
         ab[:, 16:48, 4 * t:4 * t + 32] = np.array([-30.0, 50.0], np.float32)[:, None, None]
         ls.append(l)
         truth.append(ab)
-    revealed = np.s_[:, 20:44, 40:60]  # seen in the keyframe, covered around frames 3-15, seen at the end
+    revealed = np.s_[:, 20:44, 40:60]  # seen in the keyframe, covered in frames 3-14, seen at the end
     errors = {}
     for direct in (True, False):
         settings = PropagationSettings(attention_every=0, anchor_direct=direct)
