@@ -152,6 +152,30 @@ def test_background_revealed_behind_a_moving_object_gets_its_keyframe_colours() 
     assert errors[True] < errors[False] / 4, errors
 
 
+def test_output_blends_propagated_and_attention_colours_by_confidence_power(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # still frames of one colour, the forward-backward check pinned at C = 1/4, a colorizer that
+    # answers another colour: the output is C^p * propagated + (1 - C^p) * attention term
+    import pipeline.propagate as propagate
+
+    def quarter(back: np.ndarray, fwd: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+        return np.full(back.shape[:2], 0.25, np.float32)
+
+    monkeypatch.setattr(propagate, "flow_confidence", quarter)
+    h, w = 32, 40
+    ls = [texture(h, w, seed=3)] * 2
+    key = np.stack([np.full((h, w), 30.0, np.float32), np.zeros((h, w), np.float32)])
+
+    def other(target_l: np.ndarray, references: object) -> np.ndarray:
+        return np.stack([np.full(target_l.shape, -10.0, np.float32), np.zeros(target_l.shape, np.float32)])
+
+    for power, a in ((1.0, 0.25 * 30 + 0.75 * -10), (0.5, 0.5 * 30 + 0.5 * -10)):
+        settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_blend=1.0, anchor=False,
+                                       confidence_power=power)
+        out = list(propagate_shot(ls, {0: key}, colorizer=other, store=MemoryStore(), settings=settings))
+        np.testing.assert_allclose(out[1][0, 4:-4, 4:-4], a, atol=0.05)
+
+
 def test_attention_references_are_the_keyframe_and_optionally_the_previous_output() -> None:
     h, w, n = 32, 40, 6
     canvas_l, canvas_ab = texture(h, w + 8, seed=2), colour_field(h, w + 8)
