@@ -102,6 +102,7 @@ Colorizer = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 references: (3, h_r, w_r) float32 Lab images; returns (2, h, w) float32 ab."""
 
 FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: distance decides there
+UNSURE = 0.5  # a path (or flow check) confidence below this counts as unsure (steps d and e)
 
 
 @dataclass(frozen=True)
@@ -342,8 +343,7 @@ def refine_chroma(l: np.ndarray, l_src: np.ndarray, ab_src: np.ndarray, radius: 
     cost = np.empty((len(offsets), h, w), np.float32)
     for i, (dy, dx) in enumerate(offsets):
         shifted = src[r + dy:r + dy + h, r + dx:r + dx + w, 0]
-        cost[i] = cv2.boxFilter((l - shifted) ** 2, -1, (patch, patch), borderType=cv2.BORDER_REPLICATE)
-        cost[i] += distance_penalty * (dy * dy + dx * dx)
+        cost[i] = _patch_error(l, shifted, patch) + distance_penalty * (dy * dy + dx * dx)
     cost -= cost.min(axis=0)
     weights = np.exp(cost * np.float32(-1.0 / temperature))
     out = np.zeros((h, w, 2), np.float32)
@@ -422,15 +422,15 @@ class _Sweep:
         the forward-backward check and its 5x5 patch L error is below ``anchor_direct_ratio``
         times the chain's. Background revealed behind a moving object: its chained coordinates
         followed the object, the direct flow finds it where the keyframe shows it."""
-        unsure = conf < 0.5
+        unsure = conf < UNSURE
         if not unsure.any():
             return coords
         s = self.s
         key_l = self.key_lab[0]
         flow = optical_flow(l, key_l, self.dis)
         checked = flow_confidence(flow, optical_flow(key_l, l, self.dis), s.consistency_alpha,
-                                  s.consistency_beta) > 0.5
-        direct = _pixel_grid(*l.shape) + flow.transpose(2, 0, 1)
+                                  s.consistency_beta) > UNSURE
+        direct = np.stack(_sample_grid(flow))
         closer = (_patch_error(l, _remap(key_l[None], direct)[0], 5)
                   < s.anchor_direct_ratio * _patch_error(l, _remap(key_l[None], coords)[0], 5))
         return np.where((unsure & checked & closer)[None], direct, coords)
@@ -456,7 +456,7 @@ class _Sweep:
         # the attention term is smooth (superpixel colours): carried by plain warping
         attn = warp(self.attn, back)
         self.since_attention += 1
-        if self.since_attention >= s.attention_every and float((conf < 0.5).mean()) >= s.attention_min_area:
+        if self.since_attention >= s.attention_every and float((conf < UNSURE).mean()) >= s.attention_min_area:
             refs = [self.key_lab]
             if s.attention_previous:
                 refs.append(np.concatenate([l_previous[None], self.ab]).astype(np.float32))
