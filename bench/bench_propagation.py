@@ -300,8 +300,15 @@ def markdown(result: dict) -> str:
         t = summary["truth"]
         lines.append(f"| (ground truth) | | | | {t['warp_error'] * 1e3:.3f} | {t['cdc']:.5f} | |")
         if "full" in summary:
-            verdict = "met" if summary["full"]["psnr"] >= TARGET_PSNR else "NOT met"
-            lines += ["", f"Target (full >= {TARGET_PSNR} dB): {verdict} ({summary['full']['psnr']:.2f} dB)"]
+            # issue 5 judges the first frame alone over whole sequences, end to end (bench.bench_run);
+            # shorter runs or a second keyframe are easier, so they get no verdict
+            if variant == "first" and result.get("config", {}).get("max_frames") is None:
+                verdict = "met" if summary["full"]["psnr"] >= TARGET_PSNR else "NOT met"
+                lines += ["", f"Target (full >= {TARGET_PSNR} dB, module alone; issue 5 is judged by "
+                              f"bench.bench_run): {verdict} ({summary['full']['psnr']:.2f} dB)"]
+            else:
+                lines += ["", f"(no verdict: issue 5's {TARGET_PSNR} dB is for the first frame alone over whole "
+                              "sequences, judged by bench.bench_run)"]
         lines += ["", "| sequence | " + " | ".join(m for m in summary if m != "truth") + " |",
                   "|---|" + "---|" * (len(summary) - 1)]
         for name, shot in block["shots"].items():

@@ -90,3 +90,17 @@ def test_missing_davis_is_a_one_line_error(tmp_path: Path, capsys: pytest.Captur
     code = main(["--davis", str(tmp_path / "nope"), "--methods", "grey", "--out", str(tmp_path / "h.json")])
     err = capsys.readouterr().err
     assert code == 2 and "DAVIS folder not found" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("variant, max_frames, verdict", [("first", None, True), ("first", 30, False),
+                                                           ("first+last", None, False)])
+def test_propagation_bench_gives_a_verdict_only_on_issue_5s_protocol(variant: str, max_frames: int | None,
+                                                                    verdict: bool) -> None:
+    from bench.bench_propagation import markdown
+
+    summary = {"full": {"psnr": 33.5, "fps": 1.0}, "truth": {"warp_error": 1e-3, "cdc": 0.004}}
+    result = {"config": {"max_frames": max_frames},
+              "variants": {variant: {"shots": {"camel": {"full": {"psnr": 33.5}}}, "summary": summary}}}
+    text = markdown(result)
+    assert ("met (33.50 dB)" in text) == verdict
+    assert ("no verdict" in text) != verdict
