@@ -20,6 +20,10 @@ Pipeline (:func:`transfer_colour`):
    target's gradients in flat areas (removes blocky or noisy chroma that the target lacks).
 7. ab back to full resolution by a fast guided filter steered by the full-resolution L.
 
+Steps 1-3 of a reference do not depend on the target: :func:`encode_reference` does them once
+(:class:`EncodedReference`) for a reference that colours many targets, e.g. a keyframe and the
+frames of its shot.
+
 Deviations from the thesis (ch. 4 transfers between two colour images):
 
 * The target is grey: its features come from its L replicated to 3 channels, and so do the
@@ -69,6 +73,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -480,6 +485,46 @@ def _segment(l: Tensor, regions: Tensor | None) -> Tensor:
     return superpixels(l[0, 0] / 100.0, mask=regions)
 
 
+@dataclass(frozen=True)
+class EncodedReference:
+    """A reference taken through steps 1-3 (working resolution, superpixels, super-features, mean
+    colours), which depend on the reference, its masks, the feature extractor, ``work_size`` and
+    ``reduce`` but not on the target: encoded once, a reference without masks colours many targets
+    (every frame of a shot from its keyframe) without recomputing them.
+
+    lab: (1, 3, h, w) working-resolution Lab. labels: (h, w) int64 superpixels 0..N-1.
+    levels: one (1, C_level, N) super-feature tensor per feature level. colours: (1, 2, N) mean ab.
+    masks: the reference masks at (h, w), bool (empty without masks).
+    """
+
+    lab: Tensor
+    labels: Tensor
+    levels: list[Tensor]
+    colours: Tensor
+    masks: list[Tensor]
+    work_size: int
+    reduce: Reduce
+
+
+def encode_reference(reference_lab: Tensor, features: FeatureExtractor, reference_masks: Sequence[Tensor] = (), *,
+                     work_size: int = DEFAULT_WORK_SIZE, reduce: Reduce = "amax") -> EncodedReference:
+    """Steps 1-3 of :func:`transfer_colour` on the reference side.
+
+    Args:
+        reference_lab: (1, 3, Hr, Wr) float Lab.
+        features: feature extractor, as in :func:`transfer_colour`.
+        reference_masks: (Hr, Wr) bool masks; each region of equal membership is segmented alone.
+        work_size, reduce: as in :func:`transfer_colour` (which checks they match).
+    """
+    if reference_lab.ndim != 4 or reference_lab.shape[:2] != (1, 3):
+        raise ValueError(f"reference_lab must be (1, 3, Hr, Wr), got {tuple(reference_lab.shape)}")
+    lab = resize(reference_lab.float(), working_size(*reference_lab.shape[-2:], work_size))
+    masks = [resize_mask(m.to(lab.device), tuple(lab.shape[-2:])) for m in reference_masks]
+    labels = _segment(lab[:, :1], region_map(torch.stack(masks)) if masks else None)
+    return EncodedReference(lab, labels, superfeature_levels(features, lab[:, :1], labels, reduce),
+                            encode_superfeatures(lab[:, 1:], labels[None], "mean")[0], masks, work_size, reduce)
+
+
 @torch.no_grad()
 def check_exemplar_inputs(target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None) -> None:
     """Raise ValueError unless target_l is (1, 1, H, W), reference_lab a non-empty list of (1, 3, Hr, Wr)
@@ -492,7 +537,8 @@ def check_exemplar_inputs(target_l: Tensor, reference_lab: Sequence[Tensor], mas
         raise ValueError(f"masks has {len(masks)} lists for {len(reference_lab)} references")
 
 
-def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None = None, *,
+def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor | EncodedReference],
+                    masks: MaskPairs | None = None, *,
                     features: FeatureExtractor | None = None, tau: float = DEFAULT_TAU,
                     delta_s: float = 10.0, delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE,
                     reduce: Reduce = "amax", fusion_radius: float = 1.5, regrain_output: bool = True,
@@ -501,7 +547,9 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
 
     Args:
         target_l: (1, 1, H, W) float, L in [0, 100].
-        reference_lab: one or more (1, 3, Hr, Wr) float Lab references (any sizes).
+        reference_lab: one or more (1, 3, Hr, Wr) float Lab references (any sizes), or references
+            without masks already encoded by :func:`encode_reference` (same device, ``work_size``
+            and ``reduce``).
         masks: optional, ``masks[r]`` = list of (target_mask (H, W) bool, reference_mask
             (Hr, Wr) bool) pairs for reference r; one list per reference (empty lists allowed).
         features: feature extractor (1, 3, h, w) RGB [0, 1] -> {level: (1, C, h', w')};
@@ -520,13 +568,18 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     Returns:
         (1, 2, H, W) float ab on ``target_l``'s device.
     """
-    check_exemplar_inputs(target_l, reference_lab, masks)
+    check_exemplar_inputs(target_l, [r.lab if isinstance(r, EncodedReference) else r for r in reference_lab], masks)
     if features is None:
         from model.features import load_vgg16  # lazy: the weights are only read when needed
         features = load_vgg16(device=target_l.device)
     device = target_l.device
     pairs = [list(p) for p in masks] if masks is not None else [[] for _ in reference_lab]
     for r, (ref, ref_pairs) in enumerate(zip(reference_lab, pairs)):
+        if isinstance(ref, EncodedReference):
+            if ref_pairs or ref.masks or ref.work_size != work_size or ref.reduce != reduce:
+                raise ValueError(f"reference {r}: an encoded reference takes no masks and must match "
+                                 "work_size and reduce (pass a reference with masks as a tensor)")
+            continue
         for tm, rm in ref_pairs:
             if tm.shape != target_l.shape[-2:] or rm.shape != ref.shape[-2:]:
                 raise ValueError(f"mask pair of reference {r}: sizes {tuple(tm.shape)}, {tuple(rm.shape)} "
@@ -548,11 +601,11 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor], masks: Ma
     colours_r, member_r, lightness_r, coords_r, places_r = [], [], [], [], []
     k_total, first = len(target_masks), 0
     for ref, ref_pairs in zip(reference_lab, pairs):
-        lab = resize(ref.to(device).float(), working_size(*ref.shape[-2:], work_size))
-        ref_masks = [resize_mask(rm.to(device), tuple(lab.shape[-2:])) for _, rm in ref_pairs]
-        labels = _segment(lab[:, :1], region_map(torch.stack(ref_masks)) if ref_masks else None)
-        levels_r.append(superfeature_levels(features, lab[:, :1], labels, reduce))
-        colours_r.append(encode_superfeatures(lab[:, 1:], labels[None], "mean")[0])
+        encoded = ref if isinstance(ref, EncodedReference) else encode_reference(
+            ref.to(device), features, [rm for _, rm in ref_pairs], work_size=work_size, reduce=reduce)
+        lab, labels, ref_masks = encoded.lab, encoded.labels, encoded.masks
+        levels_r.append(encoded.levels)
+        colours_r.append(encoded.colours)
         lightness_r.append(encode_superfeatures(remap_lightness(lab[:, :1], lab[:, :1], l_t), labels[None],
                                                 "mean")[0][0, 0])
         # membership in this reference's masks, placed in its columns of the K mask pairs

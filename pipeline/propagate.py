@@ -569,23 +569,31 @@ def attention_colorizer(device: str = "cpu", work_size: int = PropagationSetting
     """The training-free super-attention transfer (``model.transfer.transfer_colour``, VGG-16
     loaded once) as a :data:`Colorizer`, run at ``work_size`` without regrain (the propagation
     smooths it), its ab brought back to the target's size guided by the target's L;
-    ``position_sigma``: its image-position prior (None: none)."""
+    ``position_sigma``: its image-position prior (None: none).
+
+    A sweep passes the same keyframe array on every call, so the last references' encoding
+    (superpixels and features, ``model.transfer.encode_reference``) is kept and reused while the
+    caller passes the very same arrays (identity, not equality: arrays are not copied or hashed)."""
     import torch
 
     from model.features import load_vgg16
-    from model.transfer import transfer_colour
+    from model.transfer import encode_reference, transfer_colour
 
     dev = torch.device(device)
     extractor = features if features is not None else load_vgg16(device=dev)
+    cache: dict[str, tuple] = {}  # "last": (the reference arrays, their encodings)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
 
     def colorize(target_l: np.ndarray, references: Sequence[np.ndarray]) -> np.ndarray:
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
-
         with torch.inference_mode():
-            ab = transfer_colour(t(target_l)[None, None], [t(r)[None] for r in references],
-                                 features=extractor, work_size=work_size, regrain_output=False,
-                                 position_sigma=position_sigma)
+            last = cache.get("last")
+            if last is None or len(last[0]) != len(references) or any(a is not b for a, b in zip(last[0], references)):
+                encoded = [encode_reference(t(r)[None], extractor, work_size=work_size) for r in references]
+                cache["last"] = last = (list(references), encoded)
+            ab = transfer_colour(t(target_l)[None, None], last[1], features=extractor, work_size=work_size,
+                                 regrain_output=False, position_sigma=position_sigma)
         return ab[0].float().cpu().numpy()
 
     return colorize

@@ -194,6 +194,30 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
         assert seen == [2 if previous else 1] * (n - 1)
 
 
+
+def test_attention_colorizer_encodes_the_keyframe_once_per_array() -> None:
+    from pipeline.propagate import attention_colorizer
+
+    calls: list[tuple[int, ...]] = []
+
+    def features(rgb: torch.Tensor) -> dict[str, torch.Tensor]:  # stand-in extractor: the grey RGB itself
+        calls.append(tuple(rgb.shape))
+        return {"rgb": rgb}
+
+    rng = np.random.default_rng(0)
+    l = cv2.GaussianBlur(rng.uniform(20, 80, (32, 48)).astype(np.float32), (0, 0), 2)
+    key = np.concatenate([l[None], np.full((2, 32, 48), 30, np.float32)])
+    other = np.concatenate([l[None], -key[1:]])
+    colorize = attention_colorizer(work_size=32, features=features)
+    first = colorize(l, [key])
+    assert len(calls) == 2  # target and reference
+    np.testing.assert_array_equal(colorize(l, [key]), first)
+    assert len(calls) == 3  # the same keyframe array: only the target is encoded
+    swapped = colorize(l, [other])  # another array is encoded afresh, never served stale
+    assert len(calls) == 5
+    np.testing.assert_array_equal(swapped, attention_colorizer(work_size=32, features=features)(l, [other]))
+    assert np.abs(first - 30).max() < 1 and np.abs(swapped + 30).max() < 1
+
 def test_flow_leaving_the_frame_has_no_confidence() -> None:
     flow = np.zeros((8, 10, 2), np.float32)
     flow[:, :, 0] = -3.0  # everything comes from 3 px to the left

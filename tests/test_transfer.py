@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from model.color import grey_rgb, lab_to_rgb, rgb_to_lab
 from model.superpixels import superpixels
-from model.transfer import (ColourTransfer, colour_fusion, extend_region, guided_upsample, image_position,
+from model.transfer import (ColourTransfer, colour_fusion, encode_reference, extend_region, guided_upsample, image_position,
                             lightness_log_prior, object_coordinates, object_position_log_prior, per_region,
                             position_log_prior, regrain, regrain_ab, remap_lightness, superpixel_centroids,
                             transfer_colour, working_size)
@@ -286,6 +286,26 @@ def test_several_references_compete(features: StandInFeatures) -> None:
     only_vertical = transfer_colour(target, [vertical], features=features)
     assert (only_vertical[0, 1, 8:40, 4:24].mean() < -20)
 
+
+
+def test_an_encoded_reference_gives_the_same_colours(features: StandInFeatures) -> None:
+    h, w = 48, 64
+    horizontal = lab_image(40 + 30 * stripes(h, w, True), 40.0, 20.0)
+    vertical = lab_image(40 + 30 * stripes(h, w, False), -10.0, -40.0)
+    target = torch.cat([40 + 30 * stripes(h, w // 2, True), 40 + 30 * stripes(h, w // 2, False)], 1)[None, None]
+    encoded = encode_reference(vertical, features, work_size=40)
+    expected = transfer_colour(target, [horizontal, vertical], features=features, work_size=40)
+    # encoded and plain references mix; the encoding is reused for a second target
+    assert torch.equal(transfer_colour(target, [horizontal, encoded], features=features, work_size=40), expected)
+    flipped = target.flip(-1)
+    assert torch.equal(transfer_colour(flipped, [horizontal, encoded], features=features, work_size=40),
+                       transfer_colour(flipped, [horizontal, vertical], features=features, work_size=40))
+    # an encoding made for another working size, or given mask pairs, is refused
+    with pytest.raises(ValueError, match="reference 1"):
+        transfer_colour(target, [horizontal, encoded], features=features, work_size=32)
+    pair = (torch.ones(h, w, dtype=torch.bool), torch.ones(h, w, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reference 0"):
+        transfer_colour(target, [encoded], [[pair]], features=features, work_size=40)
 
 def test_regrain_keeps_colours_and_restores_target_gradients() -> None:
     gen = torch.Generator().manual_seed(0)
