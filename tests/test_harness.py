@@ -104,3 +104,44 @@ def test_propagation_bench_gives_a_verdict_only_on_issue_5s_protocol(variant: st
     text = markdown(result)
     assert ("met (33.50 dB)" in text) == verdict
     assert ("no verdict" in text) != verdict
+
+
+def test_tuning_settings_parse_json_values_and_name_bad_fields() -> None:
+    from bench.bench_tuning import parse_settings
+    from pipeline.errors import PostprodError
+
+    settings = parse_settings(["confidence_power=1", "restore=false", "attention_position_sigma=null"])
+    assert (settings.confidence_power, settings.restore, settings.attention_position_sigma) == (1, False, None)
+    assert parse_settings([]) == type(settings)()
+    with pytest.raises(PostprodError, match="--set bogus=1: expected FIELD=VALUE"):
+        parse_settings(["bogus=1"])
+    with pytest.raises(PostprodError, match="not JSON"):
+        parse_settings(["restore=maybe"])
+
+
+def test_tuning_bench_scores_a_colour_reel(tmp_path: Path) -> None:
+    import av
+
+    from bench.bench_propagation import compose
+    from bench.bench_tuning import load_tuning_shots, main
+    from pipeline.metrics import psnr
+
+    reel = tmp_path / "colour.mkv"
+    with av.open(str(reel), "w") as container:
+        stream = container.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv444p"
+        ys, xs = np.mgrid[0:64, 0:96]
+        for t in range(14):  # a red disc crossing a blue-to-green ramp, 2 px per frame
+            rgb = np.stack([np.full((64, 96), 40), 60 + xs * 1.5, 200 - xs * 1.5], -1)
+            rgb[(xs - 20 - 2 * t) ** 2 + (ys - 32) ** 2 < 144] = (210, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "tuning.json"
+    assert main(["--reels", str(reel), "--max-frames", "12", "--set", "attention_every=0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] == 11 and result["changed"] == ["attention_every=0"]
+    shot, = load_tuning_shots([reel], 12)
+    copy = np.mean([psnr(compose(shot.lab[t, 0], shot.lab[0, 1:]), shot.rgb[t]) for t in range(1, shot.n)])
+    assert result["psnr_frames"] > copy + 10, (result["psnr_frames"], copy)  # measured 32.5 vs 17.6 dB
