@@ -32,8 +32,8 @@ from bench.harness import _json_safe
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
 from pipeline.metrics import psnr
-from pipeline.propagate import (MemoryStore, PropagationSettings, attention_colorizer, propagate_shot, to_working,
-                                upsample_chroma)
+from pipeline.propagate import (Colorizer, MemoryStore, PropagationSettings, attention_colorizer, propagate_shot,
+                                to_working, upsample_chroma)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reels"
 DEFAULT_REELS = tuple(DATA / n for n in ("testvideo.mp4", "goldeneye-vfr-drop3.mp4", "issue-195-aspect-ratio.mp4"))
@@ -67,8 +67,11 @@ def load_tuning_shots(reels: list[Path], max_frames: int) -> list[Shot]:
     for reel in reels:
         if not reel.is_file():
             raise PostprodError(reel, "no such reel")
-        with av.open(str(reel)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        try:
+            with av.open(str(reel)) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except (av.FFmpegError, ValueError) as error:  # not a video, or no video stream
+            raise PostprodError(reel, f"cannot be decoded ({error})") from None
         for i, cut in enumerate(detect_shots(reel).shots):
             clip = frames[cut.start:min(cut.end, cut.start + max_frames)]
             if len(clip) < MIN_FRAMES:
@@ -83,7 +86,7 @@ def load_tuning_shots(reels: list[Path], max_frames: int) -> list[Shot]:
     return shots
 
 
-def score(shot: Shot, settings: PropagationSettings, colorizer: object) -> list[float]:
+def score(shot: Shot, settings: PropagationSettings, colorizer: Colorizer | None) -> list[float]:
     """RGB PSNR of each non-keyframe, the first frame's true ab as the only keyframe."""
     luma = [to_working(l, settings.work_size) for l in shot.lab[:, 0]]
     keys = {0: working_ab(shot.lab[0], luma[0].shape)}

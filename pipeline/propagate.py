@@ -581,18 +581,18 @@ def attention_colorizer(device: str = "cpu", work_size: int = PropagationSetting
 
     dev = torch.device(device)
     extractor = features if features is not None else load_vgg16(device=dev)
-    cache: dict[str, tuple] = {}  # "last": (the reference arrays, their encodings)
+    cached: tuple[list[np.ndarray], list] = ([], [])  # the last reference arrays and their encodings
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
 
     def colorize(target_l: np.ndarray, references: Sequence[np.ndarray]) -> np.ndarray:
+        nonlocal cached
         with torch.inference_mode():
-            last = cache.get("last")
-            if last is None or len(last[0]) != len(references) or any(a is not b for a, b in zip(last[0], references)):
-                encoded = [encode_reference(t(r)[None], extractor, work_size=work_size) for r in references]
-                cache["last"] = last = (list(references), encoded)
-            ab = transfer_colour(t(target_l)[None, None], last[1], features=extractor, work_size=work_size,
+            if len(cached[0]) != len(references) or any(a is not b for a, b in zip(cached[0], references)):
+                cached = (list(references), [encode_reference(t(r)[None], extractor, work_size=work_size)
+                                             for r in references])
+            ab = transfer_colour(t(target_l)[None, None], cached[1], features=extractor, work_size=work_size,
                                  regrain_output=False, position_sigma=position_sigma)
         return ab[0].float().cpu().numpy()
 

@@ -145,3 +145,13 @@ def test_tuning_bench_scores_a_colour_reel(tmp_path: Path) -> None:
     shot, = load_tuning_shots([reel], 12)
     copy = np.mean([psnr(compose(shot.lab[t, 0], shot.lab[0, 1:]), shot.rgb[t]) for t in range(1, shot.n)])
     assert result["psnr_frames"] > copy + 10, (result["psnr_frames"], copy)  # measured 32.5 vs 17.6 dB
+
+
+def test_tuning_bench_names_a_reel_it_cannot_decode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.bench_tuning import main
+
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    assert main(["--reels", str(bad), "--out", str(tmp_path / "t.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"{bad}: cannot be decoded")
+    assert not (tmp_path / "t.json").exists()
