@@ -65,18 +65,23 @@ class Shot:
     def n(self) -> int:
         return self.lab.shape[0]
 
+    @classmethod
+    def from_rgb(cls, name: str, rgb: np.ndarray) -> Shot:
+        """Frames (n, H, W, 3) float32 sRGB in [0, 1] with their Lab (``model.color``)."""
+        from model.color import rgb_to_lab
+
+        with torch.inference_mode():
+            lab = np.stack([rgb_to_lab(torch.from_numpy(f).permute(2, 0, 1)[None])[0].numpy() for f in rgb])
+        return cls(name, lab, rgb)
+
 
 def load_shot(davis: Path, name: str, max_frames: int | None) -> Shot:
-    """Frames of ``davis/name/frames/*.jpg`` (at most ``max_frames``) with their Lab (model.color)."""
-    from model.color import rgb_to_lab
-
+    """Frames of ``davis/name/frames/*.jpg`` (at most ``max_frames``) with their Lab."""
     paths = sorted((davis / name / "frames").glob("*.jpg"))[:max_frames]
     if len(paths) < 3:
         raise PostprodError(davis / name, f"needs at least 3 frames, has {len(paths)}")
     rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]).astype(np.float32) / 255
-    with torch.inference_mode():
-        lab = np.stack([rgb_to_lab(torch.from_numpy(f).permute(2, 0, 1)[None])[0].numpy() for f in rgb])
-    return Shot(name, lab, rgb)
+    return Shot.from_rgb(name, rgb)
 
 
 def working_ab(lab: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -6,10 +6,11 @@
 DAVIS is the evaluation set: settings chosen on it would be fitted to it. This bench is where
 ``PropagationSettings`` are chosen and checked. Each shot of the given colour reels (default:
 PySceneDetect's testvideo, goldeneye and issue-195 reels in ``../shared/data/reels``; shots from
-``pipeline.shots.detect_shots``) is scaled to 480 px high and cut to at most ``--max-frames``
-frames; shots under 10 frames or with a colourless first frame are skipped. Its grey L goes
-through ``pipeline.propagate.propagate_shot`` with the true first frame's ab as the keyframe and
-the default settings changed by ``--set`` (e.g. ``--set confidence_power=1 restore=false``; values
+``pipeline.shots.detect_shots``, frames from the project's decoder, R'G'B' by the reel's own
+matrix) is scaled to 480 px high and cut to at most ``--max-frames`` frames; shots under 10
+frames or with a colourless first frame are skipped. Its grey L goes through
+``pipeline.propagate.propagate_shot`` with the true first frame's ab as the keyframe and the
+default settings changed by ``--set`` (e.g. ``--set confidence_power=1 restore=false``; values
 are JSON: numbers, true/false, null), and is scored like ``bench_propagation``: RGB PSNR after
 ``upsample_chroma``, over the non-keyframes; frame mean and mean of shots.
 """
@@ -22,15 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
-import torch
 
 from bench.bench_propagation import Shot, compose, working_ab
 from bench.harness import _json_safe
+from pipeline.color import rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
+from pipeline.media.decode import iter_frames
+from pipeline.media.probe import probe
 from pipeline.metrics import psnr
 from pipeline.propagate import (Colorizer, MemoryStore, PropagationSettings, attention_colorizer, propagate_shot,
                                 to_working, upsample_chroma)
@@ -59,30 +61,27 @@ def parse_settings(assignments: list[str]) -> PropagationSettings:
 
 
 def load_tuning_shots(reels: list[Path], max_frames: int) -> list[Shot]:
-    """The usable shots of ``reels``: Lab (n, 3, 480, W) float32 and sRGB (n, 480, W, 3) in [0, 1]."""
-    from model.color import rgb_to_lab
+    """The usable shots of ``reels``: Lab (n, 3, 480, W) float32 and sRGB (n, 480, W, 3) in [0, 1].
+
+    Frames come from the project's frame-exact decoder (``pipeline.media.decode.iter_frames``,
+    as ``detect_shots`` numbers them) and are turned into R'G'B' with the reel's own matrix."""
     from pipeline.shots import detect_shots
 
     shots = []
     for reel in reels:
-        if not reel.is_file():
-            raise PostprodError(reel, "no such reel")
-        try:
-            with av.open(str(reel)) as container:
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except (av.FFmpegError, ValueError) as error:  # not a video, or no video stream
-            raise PostprodError(reel, f"cannot be decoded ({error})") from None
+        info = probe(reel)  # a PostprodError naming the file if it is not a readable video
         for i, cut in enumerate(detect_shots(reel).shots):
-            clip = frames[cut.start:min(cut.end, cut.start + max_frames)]
-            if len(clip) < MIN_FRAMES:
+            stop = min(cut.end, cut.start + max_frames)
+            if stop - cut.start < MIN_FRAMES:
                 continue
-            width = round(clip[0].shape[1] * HEIGHT / clip[0].shape[0])
-            rgb = np.stack([cv2.resize(f, (width, HEIGHT), interpolation=cv2.INTER_AREA) for f in clip])
-            rgb = rgb.astype(np.float32) / 255
-            with torch.inference_mode():
-                lab = np.stack([rgb_to_lab(torch.from_numpy(f).permute(2, 0, 1)[None])[0].numpy() for f in rgb])
-            if float(np.std(lab[0, 1:])) >= MIN_CHROMA_STD:
-                shots.append(Shot(f"{reel.stem}#{i}", lab, rgb))
+            rgb = []
+            for f in iter_frames(reel, cut.start, stop, chroma=True):
+                frame = rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix)
+                width = round(frame.shape[1] * HEIGHT / frame.shape[0])
+                rgb.append(np.clip(cv2.resize(frame, (width, HEIGHT), interpolation=cv2.INTER_AREA), 0, 1))
+            shot = Shot.from_rgb(f"{reel.stem}#{i}", np.stack(rgb).astype(np.float32))
+            if float(np.std(shot.lab[0, 1:])) >= MIN_CHROMA_STD:
+                shots.append(shot)
     return shots
 
 
@@ -111,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     if not shots:
-        print("no usable shot (each needs 10 frames and a coloured first frame)", file=sys.stderr)
+        print(f"no usable shot (each needs {MIN_FRAMES} frames and a coloured first frame)",
+              file=sys.stderr)
         return 2
-    colorizer = (attention_colorizer(work_size=settings.attention_size, position_sigma=settings.attention_position_sigma)
-                 if settings.attention_every > 0 else None)
+    colorizer = None
+    if settings.attention_every > 0:
+        colorizer = attention_colorizer(work_size=settings.attention_size,
+                                        position_sigma=settings.attention_position_sigma)
     start, per_shot, frames = time.perf_counter(), {}, []
     for shot in shots:
         values = score(shot, settings, colorizer)

@@ -194,7 +194,6 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
         assert seen == [2 if previous else 1] * (n - 1)
 
 
-
 def test_attention_colorizer_encodes_the_keyframe_once_per_array() -> None:
     from pipeline.propagate import attention_colorizer
 
@@ -217,6 +216,7 @@ def test_attention_colorizer_encodes_the_keyframe_once_per_array() -> None:
     assert len(calls) == 5
     np.testing.assert_array_equal(swapped, attention_colorizer(work_size=32, features=features)(l, [other]))
     assert np.abs(first - 30).max() < 1 and np.abs(swapped + 30).max() < 1
+
 
 def test_flow_leaving_the_frame_has_no_confidence() -> None:
     flow = np.zeros((8, 10, 2), np.float32)

@@ -13,10 +13,10 @@ from torch import Tensor, nn
 
 from model.color import grey_rgb, lab_to_rgb, rgb_to_lab
 from model.superpixels import superpixels
-from model.transfer import (ColourTransfer, colour_fusion, encode_reference, extend_region, guided_upsample, image_position,
-                            lightness_log_prior, object_coordinates, object_position_log_prior, per_region,
-                            position_log_prior, regrain, regrain_ab, remap_lightness, superpixel_centroids,
-                            transfer_colour, working_size)
+from model.transfer import (ColourTransfer, colour_fusion, encode_reference, extend_region, guided_upsample,
+                            image_position, lightness_log_prior, object_coordinates, object_position_log_prior,
+                            per_region, position_log_prior, regrain, regrain_ab, remap_lightness,
+                            superpixel_centroids, transfer_colour, working_size)
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -287,7 +287,6 @@ def test_several_references_compete(features: StandInFeatures) -> None:
     assert (only_vertical[0, 1, 8:40, 4:24].mean() < -20)
 
 
-
 def test_an_encoded_reference_gives_the_same_colours(features: StandInFeatures) -> None:
     h, w = 48, 64
     horizontal = lab_image(40 + 30 * stripes(h, w, True), 40.0, 20.0)
@@ -306,6 +305,7 @@ def test_an_encoded_reference_gives_the_same_colours(features: StandInFeatures) 
     pair = (torch.ones(h, w, dtype=torch.bool), torch.ones(h, w, dtype=torch.bool))
     with pytest.raises(ValueError, match="reference 0"):
         transfer_colour(target, [encoded], [[pair]], features=features, work_size=40)
+
 
 def test_regrain_keeps_colours_and_restores_target_gradients() -> None:
     gen = torch.Generator().manual_seed(0)
