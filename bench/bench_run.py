@@ -82,7 +82,8 @@ def build_reel(davis: Path, sequences: list[str], max_frames: int | None, varian
     for shot in shots:
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:
-            shutil.copyfile(shot.frames[k], refs / f"frame-{shot.start + k}.jpg")
+            # PNG, as the protocol says: the decoded true frame, pixel for pixel what is scored
+            cv2.imwrite(str(refs / f"frame-{shot.start + k}.png"), cv2.imread(str(shot.frames[k])))
     reel = dest / "reel.mkv"
     greys = (cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for s in shots for f in s.frames)
     write_grey_reel(reel, greys, FPS, codec="ffv1", timecode=TIMECODE, audio=True)

@@ -156,3 +156,20 @@ def test_tuning_bench_names_a_reel_it_cannot_decode(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert err.startswith(f"{bad}: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "t.json").exists()
+
+
+def test_reel_bench_refs_are_the_true_frames_as_png(davis: Path, tmp_path: Path) -> None:
+    """Issue 5's protocol: ``frame-<N>.png`` refs at each shot's keyframes, pixel for pixel the
+    true frames that the bench scores against; the grey reel has every frame."""
+    import av
+    import cv2
+
+    from bench.bench_run import build_reel
+
+    reel, refs, shots = build_reel(davis, ["blackswan", "camel"], 3, "first+last", tmp_path)
+    assert [(s.name, s.start, s.end) for s in shots] == [("blackswan", 0, 3), ("camel", 3, 6)]
+    assert sorted(p.name for p in refs.iterdir()) == ["frame-0.png", "frame-2.png", "frame-3.png", "frame-5.png"]
+    for name, frame in [("frame-2.png", shots[0].frames[2]), ("frame-3.png", shots[1].frames[0])]:
+        assert np.array_equal(cv2.imread(str(refs / name)), cv2.imread(str(frame)))
+    with av.open(str(reel)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 6

@@ -262,9 +262,11 @@ def test_frame_between_two_keyframes_uses_both() -> None:
 
 def test_frames_before_the_first_keyframe_come_from_the_backward_sweep() -> None:
     ls, truth = translating_shot(8, 48, 64, (0, 1))
-    out = list(propagate_shot(ls, {5: truth[5]}, store=MemoryStore(), settings=FLOW_ONLY))
+    store = MemoryStore()
+    out = list(propagate_shot(ls, {5: truth[5]}, store=store, settings=FLOW_ONLY))
     inner = np.s_[:, 4:-4, 10:-10]
     assert np.abs(out[0] - truth[0])[inner].mean() < 2.0
+    assert len(store) == 0
 
 
 class CountingLuma:
