@@ -115,8 +115,9 @@ def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, 
 
 
 def audio_packets(path: Path) -> list[bytes]:
+    """The first audio stream's packets (none without audio)."""
     with av.open(str(path)) as c:
-        return [bytes(p) for p in c.demux(audio=0) if p.size]
+        return [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
 
 
 def check_media(reel: Path, out: Path) -> dict:

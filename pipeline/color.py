@@ -128,6 +128,26 @@ def ycbcr_to_rgb(y: np.ndarray, chroma: np.ndarray, matrix: Matrix) -> np.ndarra
     return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
 
 
+def legal_chroma(y: np.ndarray, chroma: np.ndarray, matrix: Matrix) -> np.ndarray:
+    """Chroma (2, H, W) scaled towards neutral, per pixel, just enough that it makes R'G'B' in
+    [0, 1] with the luma y (H, W) in [0, 1] it will be shown with: hue and luma kept, saturation
+    limited where the luma leaves no room. Black and white get no colour (a black border stays
+    black, not a dark navy); chroma computed against another luma (the colorizer's) would
+    otherwise be clipped channel by channel when shown, shifting its hue. (2, H, W) float32."""
+    kr, kb = _WEIGHTS[matrix]
+    kg = 1.0 - kr - kb
+    y = np.clip(np.asarray(y, dtype=np.float32), 0.0, 1.0)
+    cb, cr = np.asarray(chroma[0], dtype=np.float32), np.asarray(chroma[1], dtype=np.float32)
+    # each channel is y + d: R' = y + dr, B' = y + db, G' = y + dg (ycbcr_to_rgb without the clip)
+    dr, db = 2.0 * (1.0 - kr) * cr, 2.0 * (1.0 - kb) * cb
+    dg = -(kr * dr + kb * db) / kg
+    scale = np.ones_like(y)
+    for d in (dr, dg, db):
+        room = np.where(d > 0, 1.0 - y, y)  # how far the channel may move from y in d's direction
+        scale = np.minimum(scale, np.where(np.abs(d) > 1e-12, room / np.maximum(np.abs(d), 1e-12), 1.0))
+    return (np.stack([cb, cr]) * scale).astype(np.float32)
+
+
 def chroma_from_rgb(rgb: np.ndarray, matrix: Matrix) -> np.ndarray:
     """What a colorizer hands to the writer: (H, W, 3) float32 R'G'B' in [0, 1] -> (2, H, W)
     float32 Cb, Cr in [-0.5, 0.5]. The RGB's own luma is dropped (the source luma is kept)."""

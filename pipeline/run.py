@@ -306,19 +306,20 @@ class _ShotEngine:
         """Working-resolution ab + the frame's luma -> (2, H, W) Cb, Cr in [-0.5, 0.5] at full size.
 
         Lab -> R'G'B' -> Cb, Cr at working resolution (cheap), then guided upsampling by the
-        full-resolution luma, so chroma edges follow the source's detail.
+        full-resolution luma, so chroma edges follow the source's detail, then limited to what
+        that luma can show (``pipeline.color.legal_chroma``: black and white stay neutral).
         """
         import torch
 
         from model.color import lab_to_rgb, rgb_to_lab
-        from pipeline.color import chroma_from_rgb, guided_upsample
+        from pipeline.color import chroma_from_rgb, guided_upsample, legal_chroma
 
         grey = self.grey(frame)
         small = torch.from_numpy(_resize(grey[None], ab.shape[1:]))[None]
         l_small = rgb_to_lab(small.expand(1, 3, -1, -1))[:, :1]
         lab = torch.cat([l_small, torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))[None]], dim=1)
         rgb = lab_to_rgb(lab)[0].permute(1, 2, 0).numpy()
-        return np.clip(guided_upsample(chroma_from_rgb(rgb, self.info.matrix), grey), -0.5, 0.5)
+        return legal_chroma(grey, guided_upsample(chroma_from_rgb(rgb, self.info.matrix), grey), self.info.matrix)
 
 
 def _lightness(grey: np.ndarray) -> np.ndarray:

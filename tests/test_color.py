@@ -94,3 +94,28 @@ def test_choose_matrix() -> None:
     assert choose_matrix(None, 720, 576) == "bt601"
     assert choose_matrix(None, 1280, 720) == "bt709"
     assert choose_matrix("bt2020nc", 704, 576) == "bt601"  # unsupported tag: by size
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709"])
+def test_legal_chroma_fits_the_luma_it_is_shown_with(matrix: str) -> None:
+    from pipeline.color import _WEIGHTS, legal_chroma
+
+    rng = np.random.default_rng(1)
+    rgb = rng.random((40, 40, 3)).astype(np.float32)
+    y, chroma = rgb_to_ycbcr(rgb, matrix)
+    np.testing.assert_allclose(legal_chroma(y, chroma, matrix), chroma, atol=1e-6)  # in gamut: untouched
+
+    wild = (rng.random((2, 40, 40)) - 0.5).astype(np.float32)  # chroma made against another luma
+    y = rng.random((40, 40)).astype(np.float32)
+    y[:5] = 0.0  # a black border
+    y[-5:] = 1.0  # and a white one
+    legal = legal_chroma(y, wild, matrix)
+    kr, kb = _WEIGHTS[matrix]
+    r, b = y + 2 * (1 - kr) * legal[1], y + 2 * (1 - kb) * legal[0]
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    for channel in (r, g, b):  # shown as is, no channel needs clipping
+        assert channel.min() >= -1e-5 and channel.max() <= 1 + 1e-5
+    assert np.abs(legal[:, :5]).max() < 1e-6 and np.abs(legal[:, -5:]).max() < 1e-6  # black, white: neutral
+    ratio = np.linalg.norm(legal, axis=0) / np.linalg.norm(wild, axis=0)  # one scale per pixel: hue kept
+    np.testing.assert_allclose(legal, wild * ratio, atol=1e-6)
+    assert ratio.max() <= 1.0 + 1e-6 and np.median(ratio[5:-5]) > 0.2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,37 @@ def test_reel_bench_refs_are_the_true_frames_as_png(davis: Path, tmp_path: Path)
         assert np.array_equal(cv2.imread(str(refs / name)), cv2.imread(str(frame)))
     with av.open(str(reel)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 6
+
+
+def test_film_bench_runs_a_grey_film_with_a_photo_and_writes_a_contact_sheet(tmp_path: Path) -> None:
+    import cv2
+
+    from bench.bench_film import MOMENTS, SHEET_HEIGHT, main
+    from bench.bench_shots import write_grey_reel
+
+    film = tmp_path / "film"
+    (film / "tiny-refs").mkdir(parents=True)
+    ys, xs = np.mgrid[0:64, 0:96]
+    greys = [np.clip(60 + xs + 40 * ((xs - 20 - 2 * t) ** 2 + (ys - 32) ** 2 < 144), 0, 255).astype(np.uint8)
+             for t in range(10)]
+    write_grey_reel(film / "tiny.mp4", greys, Fraction(24), timecode="01:00:00:00")  # no sound, like the films
+    photo = np.stack([np.full((64, 96), 40), 60 + xs * 1.5, 200 - xs * 1.5], -1).astype(np.uint8)  # RGB
+    cv2.imwrite(str(film / "tiny-refs" / "a.png"), photo[..., ::-1])
+    out = tmp_path / "results" / "film.json"
+    assert main(["--film", str(film), "--out", str(out)]) == 0
+    row, = json.loads(out.read_text())
+    assert row["film"] == "tiny" and row["reference"] == "a.png" and row["frames"] == 10
+    assert row["media"]["ok"], row["media"]
+    assert row["colourfulness_first_quarter"] > 5.0  # the grey film took the photo's colours
+    assert 0.0 <= row["warp_error_input"] < 0.01 and 0.0 <= row["warp_error"] < 0.01
+    sheet = cv2.imread(row["contact_sheet"])
+    assert sheet.shape[0] == 2 * SHEET_HEIGHT and sheet.shape[1] == (1 + MOMENTS) * SHEET_HEIGHT * 96 // 64
+
+
+def test_film_bench_names_a_film_without_references(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.bench_film import main
+
+    (tmp_path / "lonely.mp4").write_bytes(b"")
+    assert main(["--film", str(tmp_path), "--out", str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"{tmp_path / 'lonely-refs'}: no reference images"
