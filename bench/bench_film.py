@@ -78,9 +78,10 @@ def contact_sheet(reference: np.ndarray, inputs: list[np.ndarray], outputs: list
     return np.hstack([left, np.vstack(rows)])
 
 
-def measure(reel: Path, out: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-    """Colourfulness and warp errors of ``out`` (and of the grey ``reel``), streamed frame by
-    frame; also the input and output frames (RGB [0, 1]) at :func:`moments`."""
+def measure(out: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    """Colourfulness and warp errors of ``out`` and of its luma alone (the grey input's, which
+    ``check_media`` finds bit-identical), streamed frame by frame; also the input and output
+    frames (RGB [0, 1]) at :func:`moments`."""
     info = probe(out)
     n = info.frames
     picks = set(moments(n))
@@ -115,7 +116,7 @@ def bench_one(reel: Path, ref: Path, work: Path, results: Path) -> dict:
     workdir.mkdir()
     run = run_postprod(reel, refs, out, workdir, "local", 256)
     reference = cv2.cvtColor(cv2.imread(str(ref)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-    scores, inputs, outputs = measure(reel, out)
+    scores, inputs, outputs = measure(out)
     sheet = results / f"film-{reel.stem}-{ref.stem}.png"
     sheet.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(sheet), contact_sheet(reference, inputs, outputs))
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for reel, ref in jobs:
             rows.append(bench_one(reel, ref, work, args.out.parent))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    except PostprodError as exc:
+    except (PostprodError, RuntimeError) as exc:  # RuntimeError: a postprod run failed (run_postprod names its log)
         print(exc, file=sys.stderr)
         return 2
     finally:

@@ -208,3 +208,17 @@ def test_film_bench_names_a_film_without_references(tmp_path: Path, capsys: pyte
     assert main(["--film", str(tmp_path), "--out", str(tmp_path / "f.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"{tmp_path / 'lonely-refs'}: no reference images"
+
+
+def test_film_bench_names_a_film_postprod_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    from bench.bench_film import main
+
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "broken-refs").mkdir()
+    cv2.imwrite(str(tmp_path / "broken-refs" / "a.png"), np.full((8, 8, 3), (0, 0, 255), np.uint8))
+    assert main(["--film", str(tmp_path), "--out", str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "failed, see" in err, err
+    assert not (tmp_path / "f.json").exists()
