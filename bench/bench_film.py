@@ -38,21 +38,23 @@ from bench.harness import _json_safe
 from pipeline.color import rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
+from pipeline.images import read_rgb, write_rgb
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.metrics import colourfulness
+from pipeline.refs import REF_SUFFIXES
 
 DEFAULT_FILM = Path(__file__).resolve().parents[2] / "shared" / "data" / "film"
 DEFAULT_OUT = Path("bench") / "results" / "film.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MOMENTS = 4
 SHEET_HEIGHT = 180  # px, each picture of the contact sheet
 
 
 def film_refs(film: Path, name: str) -> list[Path]:
-    """The artist's photos for ``<film>/<name>.mp4``: ``<film>/<name>-refs/*`` images, by name."""
+    """The artist's photos for ``<film>/<name>.mp4``: ``<film>/<name>-refs/*`` images a refs folder
+    takes (``pipeline.refs.REF_SUFFIXES``), by name."""
     folder = film / f"{name}-refs"
-    refs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    refs = sorted(p for p in folder.iterdir() if p.suffix.lower() in REF_SUFFIXES) if folder.is_dir() else []
     if not refs:
         raise PostprodError(folder, "no reference images")
     return refs
@@ -64,17 +66,16 @@ def moments(n: int) -> list[int]:
 
 
 def _thumb(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float [0, 1] -> uint8 BGR, ``SHEET_HEIGHT`` px high."""
+    """(H, W, 3) float RGB -> the same, ``SHEET_HEIGHT`` px high (area filter)."""
     h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (round(w * SHEET_HEIGHT / h), SHEET_HEIGHT), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor((np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    return cv2.resize(rgb, (round(w * SHEET_HEIGHT / h), SHEET_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
 def contact_sheet(reference: np.ndarray, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> np.ndarray:
-    """Reference (left, top) beside rows of input and output frames: uint8 BGR image."""
+    """Reference (left, top) beside rows of input and output frames: (H, W, 3) float32 RGB [0, 1]."""
     ref = _thumb(reference)
     rows = [np.hstack([_thumb(f) for f in frames]) for frames in (inputs, outputs)]
-    left = np.vstack([ref, np.zeros((SHEET_HEIGHT, ref.shape[1], 3), np.uint8)])
+    left = np.vstack([ref, np.zeros((SHEET_HEIGHT, ref.shape[1], 3), np.float32)])
     return np.hstack([left, np.vstack(rows)])
 
 
@@ -114,12 +115,12 @@ def bench_one(reel: Path, ref: Path, work: Path, results: Path) -> dict:
     shutil.copyfile(ref, refs / f"shot-0{ref.suffix.lower()}")
     out, workdir = folder / "out.mkv", folder / "work"
     workdir.mkdir()
+    reference = read_rgb(ref)  # an unreadable photo is named before the run
     run = run_postprod(reel, refs, out, workdir, "local", 256)
-    reference = cv2.cvtColor(cv2.imread(str(ref)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     scores, inputs, outputs = measure(out)
     sheet = results / f"film-{reel.stem}-{ref.stem}.png"
     sheet.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(sheet), contact_sheet(reference, inputs, outputs))
+    write_rgb(sheet, contact_sheet(reference, inputs, outputs), force=True)
     return {"film": reel.stem, "reference": ref.name, "reference_colourfulness": colourfulness(reference),
             "fps": scores["frames"] / run["seconds"], **run, "media": check_media(reel, out), **scores,
             "contact_sheet": str(sheet)}

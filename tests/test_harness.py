@@ -222,3 +222,15 @@ def test_film_bench_names_a_film_postprod_cannot_read(tmp_path: Path, capsys: py
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "failed, see" in err, err
     assert not (tmp_path / "f.json").exists()
+
+
+def test_film_bench_names_an_unreadable_photo_before_running(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.bench_film import main
+
+    (tmp_path / "film.mp4").write_bytes(b"not looked at")
+    (tmp_path / "film-refs").mkdir()
+    (tmp_path / "film-refs" / "a.jpg").write_bytes(b"not a jpeg")
+    assert main(["--film", str(tmp_path), "--out", str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(str(tmp_path / "film-refs" / "a.jpg")), err
