@@ -47,6 +47,7 @@ from bench.bench_shots import write_grey_reel
 from bench.harness import _json_safe, list_sequences
 from pipeline.color import rgb_from_luma_chroma
 from pipeline.files import atomic_output
+from pipeline.images import read_rgb, write_rgb
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.metrics import psnr
@@ -83,7 +84,7 @@ def build_reel(davis: Path, sequences: list[str], max_frames: int | None, varian
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:
             # PNG, as the protocol says: the decoded true frame, pixel for pixel what is scored
-            cv2.imwrite(str(refs / f"frame-{shot.start + k}.png"), cv2.imread(str(shot.frames[k])))
+            write_rgb(refs / f"frame-{shot.start + k}.png", read_rgb(shot.frames[k]))
     reel = dest / "reel.mkv"
     greys = (cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for s in shots for f in s.frames)
     write_grey_reel(reel, greys, FPS, codec="ffv1", timecode=TIMECODE, audio=True)
@@ -141,7 +142,7 @@ def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
         for i, path in enumerate(shot.frames):
             f = next(frames)
             rgbs.append(rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix))
-            truths.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255)
+            truths.append(read_rgb(path))
         psnrs = [psnr(rgbs[i], truths[i]) for i in range(len(rgbs))]
         grey_l = np.stack([cv2.cvtColor(t, cv2.COLOR_RGB2GRAY) * 100 for t in truths])
         flows = warp_masks(grey_l)
