@@ -40,6 +40,9 @@ from pipeline.shots import detect_shots, write_json
 PLAN_NAME = "plan.json"
 SEGMENTS = "segments"
 SEGMENT_CODEC = "ffv1"
+# Part of every shot key: raise it with any change to the colour maths that changes pixels, so a
+# work folder left by an older postprod is recomputed, not reused (2: artist keyframes at full size).
+COLOUR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -184,10 +187,10 @@ def shot_key(plan_path: Path, shot_index: int, settings: RunSettings) -> str:
     """A 16-hex content key for one shot's result: the reel's fingerprint, the shot's frame
     range and keyframes, the hashes of every reference image and mask it uses (and of the
     neighbouring shots' keys it borrows colour from), the model weights and the settings
-    that change pixels (not the output codec)."""
+    that change pixels (not the output codec), and :data:`COLOUR_VERSION`."""
     plan = load_plan(plan_path)
     shot = plan.shots[shot_index]
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"colour {COLOUR_VERSION}".encode())
     h.update(reel_fingerprint(plan.reel).encode())
     h.update(json.dumps(shot.to_dict(), sort_keys=True).encode())
     for k in shot.keyframes:
@@ -225,12 +228,15 @@ def colorize_shot(plan_path: Path, shot_index: int, workdir: Path, settings: Run
     info = probe(plan.reel)
     engine = _ShotEngine(info, settings)
     keys = {k.frame: engine.keyframe_ab(plan, shot, k, plan_path, workdir) for k in shot.keyframes}
+    artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured"}
     bar = progress(f"shot {shot_index}: colour", shot.end - shot.start)
     try:
         chroma = engine.propagate(plan.reel, shot, keys, on_frame=lambda: bar.update(1))
         with ReelWriter(dest, info, SEGMENT_CODEC, copy_audio=False) as writer:
-            for frame, ab in zip(iter_frames(plan.reel, shot.start, shot.end), chroma):
-                writer.write(frame.luma, engine.full_chroma(frame, ab))
+            for i, (frame, ab) in enumerate(zip(iter_frames(plan.reel, shot.start, shot.end), chroma), shot.start):
+                image = artist.get(i)
+                writer.write(frame.luma, engine.full_chroma(frame, ab) if image is None
+                             else engine.artist_chroma(frame, image))
     finally:
         bar.close()
     return dest
@@ -301,6 +307,19 @@ class _ShotEngine:
                                  settings=PropagationSettings(work_size=self.settings.work_size)):
             on_frame()
             yield ab
+
+    def artist_chroma(self, frame: Frame, image: Path) -> np.ndarray:
+        """An artist-coloured keyframe's own chroma at full resolution: (2, H, W) Cb, Cr in [-0.5, 0.5].
+
+        The reference is this very frame coloured (reel-sized, its luminance matching), so its
+        Cb, Cr go out as painted, fine detail included, with the source's luma; only made legal
+        for that luma, as every output frame is.
+        """
+        from pipeline.color import chroma_from_rgb, legal_chroma
+        from pipeline.images import read_colour
+
+        chroma = chroma_from_rgb(read_colour(image).pixels, self.info.matrix)
+        return legal_chroma(self.grey(frame), chroma, self.info.matrix)
 
     def full_chroma(self, frame: Frame, ab: np.ndarray) -> np.ndarray:
         """Working-resolution ab + the frame's luma -> (2, H, W) Cb, Cr in [-0.5, 0.5] at full size.

@@ -81,3 +81,37 @@ def test_bad_refs_stop_before_any_work(tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "frame-9999.png" in r.stderr and "shot-7.png" in r.stderr  # every problem, at once
     assert not (work / "segments").exists() and not (tmp_path / "o.mkv").exists()
+
+
+def test_artist_keyframe_keeps_its_fine_colour_detail(tmp_path: Path) -> None:
+    """An artist-coloured keyframe goes out with its own full-resolution chroma, not with chroma
+    brought back from the working resolution (which would blur a 2-pixel pattern to nothing)."""
+    from pipeline.color import codes_to_luma, legal_chroma, ycbcr_to_rgb
+    from pipeline.images import write_rgb
+    from pipeline.run import colorize_shot, prepare_run
+
+    info = probe(DEMO / "reel.mov")
+    grey = codes_to_luma(next(iter_frames(DEMO / "reel.mov", 0, 1)).luma, info.bit_depth, info.luma_range)
+    yy, xx = np.indices(grey.shape)
+    sign = np.where((yy // 2 + xx // 2) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    painted = legal_chroma(grey, np.stack([0.08 * sign, -0.06 * sign]), info.matrix)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    write_rgb(refs / "frame-0.png", ycbcr_to_rgb(grey, painted, info.matrix), bit_depth=16)
+    settings = RunSettings(codec="ffv1", device="cpu", work_size=64)
+    plan_path = prepare_run(DEMO / "reel.mov", refs, tmp_path / "work", settings)
+    assert load_plan(plan_path).shots[0].keyframes[0].kind == "coloured"
+    segment = colorize_shot(plan_path, 0, tmp_path / "work", settings)
+    out = next(iter_frames(segment, 0, 1, chroma=True)).chroma
+    assert np.percentile(np.abs(out - painted), 99) < 0.01  # 8-bit chroma codes: 1/224 a step
+
+
+def test_a_new_colour_version_recomputes_shots(demo_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments left by a postprod whose colour maths differed are not reused."""
+    import pipeline.run as run
+
+    _, work = demo_run
+    settings = RunSettings(codec="ffv1", device="cpu")
+    before = run.shot_key(work / "plan.json", 0, settings)
+    monkeypatch.setattr(run, "COLOUR_VERSION", run.COLOUR_VERSION + 1)
+    assert run.shot_key(work / "plan.json", 0, settings) != before
