@@ -233,8 +233,8 @@ def colorize_shot(plan_path: Path, shot_index: int, workdir: Path, settings: Run
     try:
         chroma = engine.propagate(plan.reel, shot, keys, on_frame=lambda: bar.update(1))
         with ReelWriter(dest, info, SEGMENT_CODEC, copy_audio=False) as writer:
-            for i, (frame, ab) in enumerate(zip(iter_frames(plan.reel, shot.start, shot.end), chroma), shot.start):
-                image = artist.get(i)
+            for frame, ab in zip(iter_frames(plan.reel, shot.start, shot.end), chroma):
+                image = artist.get(frame.index)
                 writer.write(frame.luma, engine.full_chroma(frame, ab) if image is None
                              else engine.artist_chroma(frame, image))
     finally:
