@@ -266,11 +266,9 @@ class _ShotEngine:
         from pipeline.colorize import Exemplar, colorize_still
         from pipeline.images import read_colour, read_mask
 
-        frame = next(iter_frames(plan.reel, key.frame, key.frame + 1))
-        grey = self.grey(frame)
-        if key.kind == "coloured":
-            rgb = read_colour(key.image).pixels
-            return _resize(_rgb_to_ab(rgb, grey), self.work)
+        if key.kind == "coloured":  # its chroma is taken as is; its lightness comes from the source
+            return _resize(_rgb_to_ab(read_colour(key.image).pixels), self.work)
+        grey = self.grey(next(iter_frames(plan.reel, key.frame, key.frame + 1)))
         # The keyframe's main exemplar (a reference image, or a neighbouring shot's coloured
         # frame) takes the objects drawn on it; an object with its own image is its own exemplar.
         main = (read_colour(key.image).pixels if key.image is not None
@@ -350,13 +348,12 @@ def _lightness(grey: np.ndarray) -> np.ndarray:
     return rgb_to_lab(torch.from_numpy(np.ascontiguousarray(grey))[None, None].expand(1, 3, -1, -1))[0, 0].numpy()
 
 
-def _rgb_to_ab(rgb: np.ndarray, grey: np.ndarray) -> np.ndarray:
+def _rgb_to_ab(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB in [0, 1] -> (2, H, W) Lab ab (the reference's own chroma, used as is)."""
     import torch
 
     from model.color import rgb_to_lab
 
-    del grey  # a coloured keyframe's chroma is taken as is; its lightness comes from the source
     lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float())
     return lab[0, 1:].numpy()
 
