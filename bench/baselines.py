@@ -4,6 +4,7 @@ A colorizer gets the target's lightness and colour references in Lab and returns
 chroma; the harness composes it with the target's own L. Lab is CIE L*a*b* (D65): L in
 [0, 100], a and b roughly in [-110, 110].
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -26,14 +27,16 @@ Returns (H, W, 2) float32 ab. A colorizer that does not use masks ignores them.
 """
 
 
-def grey(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-         masks: Sequence[MaskPairs] | None = None) -> np.ndarray:
+def grey(
+    target_l: np.ndarray, reference_labs: Sequence[np.ndarray], masks: Sequence[MaskPairs] | None = None
+) -> np.ndarray:
     """No colour: ab = 0 everywhere, (H, W, 2) float32."""
     return np.zeros((*target_l.shape, 2), np.float32)
 
 
-def copy_chroma(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-                masks: Sequence[MaskPairs] | None = None) -> np.ndarray:
+def copy_chroma(
+    target_l: np.ndarray, reference_labs: Sequence[np.ndarray], masks: Sequence[MaskPairs] | None = None
+) -> np.ndarray:
     """The first reference's ab, resized (bilinear) to the target's size: (H, W, 2) float32."""
     h, w = target_l.shape
     return cv2.resize(reference_labs[0][..., 1:].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -49,8 +52,9 @@ def reinhard_stats_transfer(source: np.ndarray, mean: np.ndarray, std: np.ndarra
     return (source - src_mean) * (std / np.maximum(src_std, eps)) + mean
 
 
-def _regions(target_shape: tuple[int, int], reference_labs: Sequence[np.ndarray],
-             masks: Sequence[MaskPairs] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _regions(
+    target_shape: tuple[int, int], reference_labs: Sequence[np.ndarray], masks: Sequence[MaskPairs] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(target region (H, W) bool, reference pixels (N, C)) pairs to transfer between.
 
     reference_labs: (Hr, Wr, C) per reference, Lab first (C >= 3).
@@ -76,8 +80,9 @@ def _regions(target_shape: tuple[int, int], reference_labs: Sequence[np.ndarray]
     return [(rest_t, rest_pixels if len(rest_pixels) else all_pixels), *regions]
 
 
-def reinhard(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-             masks: Sequence[MaskPairs] | None = None) -> np.ndarray:
+def reinhard(
+    target_l: np.ndarray, reference_labs: Sequence[np.ndarray], masks: Sequence[MaskPairs] | None = None
+) -> np.ndarray:
     """Global colour transfer of Reinhard et al. (2001) in Lab, the target's L kept: (H, W, 2) float32.
 
     The target is grey (ab = 0, std 0), so the transfer gives every pixel the references' mean
@@ -97,8 +102,14 @@ def _local_std(l: np.ndarray, size: int = 5) -> np.ndarray:
     return np.sqrt(np.maximum(uniform_filter(l * l, size, mode="reflect") - mean * mean, 0.0))
 
 
-def welsh(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-          masks: Sequence[MaskPairs] | None = None, *, samples: int = 256, seed: int = 0) -> np.ndarray:
+def welsh(
+    target_l: np.ndarray,
+    reference_labs: Sequence[np.ndarray],
+    masks: Sequence[MaskPairs] | None = None,
+    *,
+    samples: int = 256,
+    seed: int = 0,
+) -> np.ndarray:
     """Global matching of Welsh et al. (2002), "Transferring color to greyscale images": (H, W, 2) float32.
 
     The reference L is remapped to the target's L mean/std (Reinhard-style), ``samples`` random
@@ -109,8 +120,9 @@ def welsh(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
     rng = np.random.default_rng(seed)
     t_l = target_l.astype(np.float64)
     t_feat = np.stack([t_l, _local_std(t_l)], -1)
-    r_feats = [np.concatenate([lab, _local_std(lab[..., 0].astype(np.float64))[..., None]], -1)
-               for lab in reference_labs]  # (Hr, Wr, 4): L, a, b, std(L)
+    r_feats = [
+        np.concatenate([lab, _local_std(lab[..., 0].astype(np.float64))[..., None]], -1) for lab in reference_labs
+    ]  # (Hr, Wr, 4): L, a, b, std(L)
     ab = np.zeros((*t_l.shape, 2), np.float64)
     for region, pixels in _regions(t_l.shape, r_feats, masks):
         if not region.any():
@@ -119,8 +131,9 @@ def welsh(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
         target_px = t_feat[region]
         # luminance remapping: reference L (and so its local std) scaled to the target's L statistics
         scale = target_px[:, 0].std() / max(pixels[:, 0].std(), 1e-6)
-        remapped = np.stack([(pick[:, 0] - pixels[:, 0].mean()) * scale + target_px[:, 0].mean(),
-                             pick[:, 3] * scale], 1)
+        remapped = np.stack(
+            [(pick[:, 0] - pixels[:, 0].mean()) * scale + target_px[:, 0].mean(), pick[:, 3] * scale], 1
+        )
         _, idx = cKDTree(remapped).query(target_px, k=1)
         ab[region] = pick[idx, 1:3]
     return ab.astype(np.float32)

@@ -20,6 +20,7 @@ each in turn with ``--all-refs``; other shots take ``--missing-refs nearest``), 
   the output at 4 moments. The films are copyrighted: the sheets stay out of the repository
   (``bench/results`` is git-ignored).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,9 +103,17 @@ def measure(out: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
             inputs.append(grey)
             outputs.append(rgb)
     quarter = max(1, n // 4)
-    return ({"frames": n, "colourfulness_first_quarter": float(np.mean(colour[:quarter])),
-             "colourfulness_last_quarter": float(np.mean(colour[-quarter:])),
-             "warp_error": float(np.mean(err_out)), "warp_error_input": float(np.mean(err_in))}, inputs, outputs)
+    return (
+        {
+            "frames": n,
+            "colourfulness_first_quarter": float(np.mean(colour[:quarter])),
+            "colourfulness_last_quarter": float(np.mean(colour[-quarter:])),
+            "warp_error": float(np.mean(err_out)),
+            "warp_error_input": float(np.mean(err_in)),
+        },
+        inputs,
+        outputs,
+    )
 
 
 def bench_one(reel: Path, ref: Path, work: Path, results: Path) -> dict:
@@ -121,18 +130,31 @@ def bench_one(reel: Path, ref: Path, work: Path, results: Path) -> dict:
     sheet = results / f"film-{reel.stem}-{ref.stem}.png"
     sheet.parent.mkdir(parents=True, exist_ok=True)
     write_rgb(sheet, contact_sheet(reference, inputs, outputs), force=True)
-    return {"film": reel.stem, "reference": ref.name, "reference_colourfulness": colourfulness(reference),
-            "fps": scores["frames"] / run["seconds"], **run, "media": check_media(reel, out), **scores,
-            "contact_sheet": str(sheet)}
+    return {
+        "film": reel.stem,
+        "reference": ref.name,
+        "reference_colourfulness": colourfulness(reference),
+        "fps": scores["frames"] / run["seconds"],
+        **run,
+        "media": check_media(reel, out),
+        **scores,
+        "contact_sheet": str(sheet),
+    }
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| film | reference | frames | media ok | colourfulness ref / first quarter / last quarter "
-             "| warp error x1e3 output / grey input | frames/s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['film']} | {r['reference']} | {r['frames']} | {r['media']['ok']} | "
-              f"{r['reference_colourfulness']:.1f} / {r['colourfulness_first_quarter']:.1f} / "
-              f"{r['colourfulness_last_quarter']:.1f} | {r['warp_error'] * 1e3:.3f} / "
-              f"{r['warp_error_input'] * 1e3:.3f} | {r['fps']:.2f} |" for r in rows]
+    lines = [
+        "| film | reference | frames | media ok | colourfulness ref / first quarter / last quarter "
+        "| warp error x1e3 output / grey input | frames/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['film']} | {r['reference']} | {r['frames']} | {r['media']['ok']} | "
+        f"{r['reference_colourfulness']:.1f} / {r['colourfulness_first_quarter']:.1f} / "
+        f"{r['colourfulness_last_quarter']:.1f} | {r['warp_error'] * 1e3:.3f} / "
+        f"{r['warp_error_input'] * 1e3:.3f} | {r['fps']:.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -153,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         for reel in reels:
             if not reel.is_file():
                 raise PostprodError(reel, "no such film")
-        jobs = [(reel, ref) for reel in reels for ref in film_refs(args.film, reel.stem)[:None if args.all_refs else 1]]
+        jobs = [
+            (reel, ref) for reel in reels for ref in film_refs(args.film, reel.stem)[: None if args.all_refs else 1]
+        ]
         rows = []
         for reel, ref in jobs:
             rows.append(bench_one(reel, ref, work, args.out.parent))

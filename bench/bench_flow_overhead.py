@@ -15,6 +15,7 @@ within each repeat so load drifts hit both; medians over ``--repeats`` are print
 
     python bench/bench_flow_overhead.py [--shots 10] [--length 12] [--size 96x64] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,27 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
 
 def run_cmd(engine: str, reel: Path, refs: Path | None, out: Path, workdir: Path, work_size: int) -> list[str]:
     refs_args = ["--refs", str(refs)] if refs else ["--missing-refs", "grey"]
-    return [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), *refs_args, "--out", str(out),
-            "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", str(work_size),
-            "--engine", engine]
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        "--reel",
+        str(reel),
+        *refs_args,
+        "--out",
+        str(out),
+        "--codec",
+        "ffv1",
+        "--workdir",
+        str(workdir),
+        "--device",
+        "cpu",
+        "--work-size",
+        str(work_size),
+        "--engine",
+        engine,
+    ]
 
 
 def main() -> None:
@@ -64,11 +83,16 @@ def main() -> None:
         reel = write_cut_reel(root / "reel.mkv", shots=args.shots, length=args.length, width=width, height=height)
         reels = {"coloured": write_shot_refs(root / "refs", tuple(range(args.shots))), "grey": None}
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        base.update(PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        base.update(
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        )
         warm = root / "home-warm"
-        timed(run_cmd("prefect", reel, None, root / "prime.mkv", root / "work-prime", args.work_size),
-              {**base, "PREFECT_HOME": str(warm)}, root)  # creates the warm home's database
+        timed(
+            run_cmd("prefect", reel, None, root / "prime.mkv", root / "work-prime", args.work_size),
+            {**base, "PREFECT_HOME": str(warm)},
+            root,
+        )  # creates the warm home's database
         times = {(r, c): [] for r in reels for c in CASES}
         n = 0
         for k in range(args.repeats):
@@ -77,12 +101,17 @@ def main() -> None:
                     n += 1
                     home = warm if case == "prefect, warm home" else root / f"home-{n}"
                     engine = "local" if case == "local" else "prefect"
-                    t = timed(run_cmd(engine, reel, refs, root / f"out-{n}.mkv", root / f"work-{n}", args.work_size),
-                              {**base, "PREFECT_HOME": str(home)}, root)
+                    t = timed(
+                        run_cmd(engine, reel, refs, root / f"out-{n}.mkv", root / f"work-{n}", args.work_size),
+                        {**base, "PREFECT_HOME": str(home)},
+                        root,
+                    )
                     times[name, case].append(t)
                     print(f"repeat {k} {name} reel, {case}: {t:.1f} s", file=sys.stderr)
-        print(f"\n{args.shots} shots x {args.length} frames, {width}x{height}, work size {args.work_size} px, CPU; "
-              f"wall time of `postprod run`, median of {args.repeats}\n")
+        print(
+            f"\n{args.shots} shots x {args.length} frames, {width}x{height}, work size {args.work_size} px, CPU; "
+            f"wall time of `postprod run`, median of {args.repeats}\n"
+        )
         print("| reel | engine | wall time (s) | overhead vs local | all runs (s) |\n| --- | --- | --- | --- | --- |")
         for name in reels:
             local = statistics.median(times[name, "local"])

@@ -13,6 +13,7 @@ Timing: ``model.net.colorize_net`` on a 480 x 854 frame (working resolution 256 
 side, i.e. 256 x 455), end to end (resizes, SLIC, VGG matching, network, guided upsampling) and
 the network's forward alone at the working resolution; median of ``--timing-runs``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.harness import (DEFAULT_DAVIS, available_methods, compose_rgb, list_sequences, load_pairs,
-                           rgb_to_lab_np)
+from bench.harness import DEFAULT_DAVIS, available_methods, compose_rgb, list_sequences, load_pairs, rgb_to_lab_np
 from pipeline.files import atomic_output
 from pipeline.metrics import colourfulness, delta_his, psnr
 
@@ -49,8 +49,11 @@ def no_reference_check(davis: Path, methods: list[str], max_pairs_per_seq: int, 
                 rows.setdefault(f"{kind}_colourfulness", []).append(colourfulness(pred))
                 rows.setdefault(f"{kind}_delta_his", []).append(delta_his(pred, pair.target_rgb, ref))
                 rows.setdefault(f"{kind}_psnr", []).append(psnr(pred, pair.target_rgb))
-    return {"pairs": len(pairs), "ground_truth_colourfulness": float(np.mean([colourfulness(p.target_rgb) for p in pairs])),
-            "means": {m: {k: float(np.mean(v)) for k, v in rows.items()} for m, rows in scores.items()}}
+    return {
+        "pairs": len(pairs),
+        "ground_truth_colourfulness": float(np.mean([colourfulness(p.target_rgb) for p in pairs])),
+        "means": {m: {k: float(np.mean(v)) for k, v in rows.items()} for m, rows in scores.items()},
+    }
 
 
 def timing(device: str, runs: int) -> dict:
@@ -62,11 +65,13 @@ def timing(device: str, runs: int) -> dict:
     dev = torch.device(device)
     features, net = load_vgg16(device=dev), load_colornet(device=dev)
     gen = torch.Generator().manual_seed(0)
+
     # a smooth random scene (SLIC time depends on content; noise would be unrepresentative)
     def scene(h: int, w: int) -> torch.Tensor:
         coarse = torch.rand(1, 3, 6, 10, generator=gen)
         rgb = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
         from model.color import rgb_to_lab
+
         return rgb_to_lab(rgb).to(dev)
 
     target, ref = scene(480, 854)[:, :1], scene(480, 854)
@@ -93,8 +98,14 @@ def timing(device: str, runs: int) -> dict:
         matched = match_references(features, small_t, labels_t, [small_r], [labels_r])
         matching = clock(lambda: match_references(features, small_t, labels_t, [small_r], [labels_r]))
         network = clock(lambda: net(small_t, matched))
-    return {"device": str(dev), "threads": torch.get_num_threads(), "runs": runs,
-            "end_to_end_480x854_s": end_to_end, "matching_256x455_s": matching, "network_256x455_s": network}
+    return {
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+        "end_to_end_480x854_s": end_to_end,
+        "matching_256x455_s": matching,
+        "network_256x455_s": network,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,18 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-runs", type=int, default=3, help="0: no timing")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    result = {"no_reference": no_reference_check(args.davis, args.methods, args.max_pairs_per_seq, args.size,
-                                                 args.device),
-              "timing": timing(args.device, args.timing_runs) if args.timing_runs else None}
+    result = {
+        "no_reference": no_reference_check(args.davis, args.methods, args.max_pairs_per_seq, args.size, args.device),
+        "timing": timing(args.device, args.timing_runs) if args.timing_runs else None,
+    }
     nr = result["no_reference"]
-    print(f"No-reference check, {nr['pairs']} DAVIS pairs (ground-truth colourfulness "
-          f"{nr['ground_truth_colourfulness']:.1f})\n")
+    print(
+        f"No-reference check, {nr['pairs']} DAVIS pairs (ground-truth colourfulness "
+        f"{nr['ground_truth_colourfulness']:.1f})\n"
+    )
     print("| method | colourfulness related | unrelated | ΔHIS related ↓ | unrelated ↓ | PSNR related | unrelated |")
     print("|---|---|---|---|---|---|---|")
     for name, s in nr["means"].items():
-        print(f"| {name} | {s['related_colourfulness']:.1f} | {s['unrelated_colourfulness']:.1f} | "
-              f"{s['related_delta_his']:.3f} | {s['unrelated_delta_his']:.3f} | {s['related_psnr']:.2f} | "
-              f"{s['unrelated_psnr']:.2f} |")
+        print(
+            f"| {name} | {s['related_colourfulness']:.1f} | {s['unrelated_colourfulness']:.1f} | "
+            f"{s['related_delta_his']:.3f} | {s['unrelated_delta_his']:.3f} | {s['related_psnr']:.2f} | "
+            f"{s['unrelated_psnr']:.2f} |"
+        )
     print(f"\ntiming: {json.dumps(result['timing'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out, force=True) as tmp:

@@ -22,6 +22,7 @@ handling; ``--image-stride K`` runs it on every K-th non-keyframe only, and then
 metrics are not computed), ``full`` (``pipeline.propagate.propagate_shot``). DAVIS is for
 evaluation only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,16 @@ from bench.harness import _json_safe, list_sequences
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
 from pipeline.metrics import psnr, ssim
-from pipeline.propagate import (MemoryStore, PropagationSettings, flow_confidence, optical_flow, propagate_shot,
-                                to_working, upsample_chroma, warp)
+from pipeline.propagate import (
+    MemoryStore,
+    PropagationSettings,
+    flow_confidence,
+    optical_flow,
+    propagate_shot,
+    to_working,
+    upsample_chroma,
+    warp,
+)
 
 DEFAULT_DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 DEFAULT_OUT = Path("bench") / "results" / "propagation.json"
@@ -166,18 +175,24 @@ def full_method(settings: PropagationSettings) -> Method:
     """:func:`pipeline.propagate.propagate_shot` (VGG-16 of its colorizer loaded once)."""
     from pipeline.propagate import attention_colorizer
 
-    colorizer = (attention_colorizer(work_size=settings.attention_size,
-                                     position_sigma=settings.attention_position_sigma)
-                 if settings.attention_every > 0 else None)
+    colorizer = (
+        attention_colorizer(work_size=settings.attention_size, position_sigma=settings.attention_position_sigma)
+        if settings.attention_every > 0
+        else None
+    )
 
     def run(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        yield from enumerate(propagate_shot(iter(luma), keys, length=len(luma), colorizer=colorizer,
-                                            store=MemoryStore(), settings=settings))
+        yield from enumerate(
+            propagate_shot(
+                iter(luma), keys, length=len(luma), colorizer=colorizer, store=MemoryStore(), settings=settings
+            )
+        )
 
     return run
 
 
 # --- temporal metrics ---------------------------------------------------------------------
+
 
 def warp_masks(l_full: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """For t = 1 .. n-1: (flow t -> t-1 (H, W, 2), non-occluded mask (H, W) bool) from the true L
@@ -208,26 +223,35 @@ def cdc(frames: Sequence[np.ndarray]) -> float:
     """Colour distribution consistency (ColorMNet cdc.py): per channel of the 8-bit RGB frames,
     256-bin histograms; JS divergence between frames ``d`` apart, averaged over pairs, for
     d = 1, 2, 4 weighted 1/3 each; the mean over the channels. Lower is steadier."""
-    hists = [[np.bincount(np.clip(np.rint(f[..., c] * 255), 0, 255).astype(np.int64).ravel(), minlength=256)
-              / f[..., c].size for c in range(3)] for f in frames]
+    hists = [
+        [
+            np.bincount(np.clip(np.rint(f[..., c] * 255), 0, 255).astype(np.int64).ravel(), minlength=256)
+            / f[..., c].size
+            for c in range(3)
+        ]
+        for f in frames
+    ]
     per_channel = []
     for c in range(3):
         total = 0.0
         for d in CDC_DILATIONS:
             total += np.mean([js_divergence(hists[i][c], hists[i + d][c]) for i in range(len(frames) - d)]) / len(
-                CDC_DILATIONS)
+                CDC_DILATIONS
+            )
         per_channel.append(total)
     return float(np.mean(per_channel))
 
 
 # --- the run ------------------------------------------------------------------------------
 
+
 def keyframes_of(variant: str, n: int) -> list[int]:
     return [0] if variant == "first" else [0, n - 1]
 
 
-def evaluate(shot: Shot, variant: str, methods: dict[str, Method], work_size: int, lpips_model: torch.nn.Module,
-             lpips_every: int) -> dict[str, dict]:
+def evaluate(
+    shot: Shot, variant: str, methods: dict[str, Method], work_size: int, lpips_model: torch.nn.Module, lpips_every: int
+) -> dict[str, dict]:
     """Run every method on one shot and score it; returns {method: scores} with per-frame lists."""
     l_full = np.ascontiguousarray(shot.lab[:, 0])
     luma = np.stack([to_working(l, work_size) for l in l_full])
@@ -243,7 +267,7 @@ def evaluate(shot: Shot, variant: str, methods: dict[str, Method], work_size: in
         scores: dict[str, list] = {"psnr": [], "ssim": [], "lpips_approx": []}
         rgbs: dict[int, np.ndarray] = {}
         up_seconds = 0.0
-        for i, (t, ab) in enumerate(produced):
+        for t, ab in produced:
             tic = time.perf_counter()
             rgb = compose(l_full[t], upsample_chroma(ab, l_full[t]))
             up_seconds += time.perf_counter() - tic
@@ -258,8 +282,13 @@ def evaluate(shot: Shot, variant: str, methods: dict[str, Method], work_size: in
                     scores["lpips_approx"].append(float(lpips_model(*pair)[0]))
         complete = len(rgbs) == shot.n
         result = {k: float(np.mean(v)) for k, v in scores.items()}
-        result |= {"frames_scored": len(scores["psnr"]), "seconds": seconds, "fps": len(produced) / seconds,
-                   "upsample_seconds_per_frame": up_seconds / len(produced), "per_frame_psnr": scores["psnr"]}
+        result |= {
+            "frames_scored": len(scores["psnr"]),
+            "seconds": seconds,
+            "fps": len(produced) / seconds,
+            "upsample_seconds_per_frame": up_seconds / len(produced),
+            "per_frame_psnr": scores["psnr"],
+        }
         if complete:
             warp_errs = [warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, shot.n)]
             result |= {"warp_error": float(np.mean(warp_errs)), "cdc": cdc([rgbs[t] for t in range(shot.n)])}
@@ -274,8 +303,11 @@ def summarise(per_shot: dict[str, dict[str, dict]]) -> dict[str, dict[str, float
     table: dict[str, dict[str, float]] = {}
     for m in methods:
         rows = [s[m] for s in per_shot.values()]
-        entry = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "lpips_approx", "warp_error", "cdc")
-                 if all(k in r for r in rows)}
+        entry = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("psnr", "ssim", "lpips_approx", "warp_error", "cdc")
+            if all(k in r for r in rows)
+        }
         if m != "truth":
             frames = sum(r["fps"] * r["seconds"] for r in rows)
             entry["fps"] = frames / sum(r["seconds"] for r in rows)
@@ -288,20 +320,25 @@ def markdown(result: dict) -> str:
     lines = []
     for variant, block in result["variants"].items():
         summary = block["summary"]
-        lines += [f"Variant {variant}: {len(block['shots'])} sequences, mean over sequences "
-                  f"(LPIPS is an approximation of LPIPS-VGG; warp error x1e3)", "",
-                  "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | warp err ↓ | CDC ↓ | frames/s |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Variant {variant}: {len(block['shots'])} sequences, mean over sequences "
+            f"(LPIPS is an approximation of LPIPS-VGG; warp error x1e3)",
+            "",
+            "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | warp err ↓ | CDC ↓ | frames/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
 
         def cell(s: dict, k: str, fmt: str, scale: float = 1.0) -> str:
-            return format(s[k] * scale, fmt) if k in s else "–"
+            return format(s[k] * scale, fmt) if k in s else "-"
 
         for m, s in summary.items():
             if m == "truth":
                 continue
-            lines.append(f"| {m} | {cell(s, 'psnr', '.2f')} | {cell(s, 'ssim', '.4f')} | "
-                         f"{cell(s, 'lpips_approx', '.4f')} | {cell(s, 'warp_error', '.3f', 1e3)} | "
-                         f"{cell(s, 'cdc', '.5f')} | {cell(s, 'fps', '.2f')} |")
+            lines.append(
+                f"| {m} | {cell(s, 'psnr', '.2f')} | {cell(s, 'ssim', '.4f')} | "
+                f"{cell(s, 'lpips_approx', '.4f')} | {cell(s, 'warp_error', '.3f', 1e3)} | "
+                f"{cell(s, 'cdc', '.5f')} | {cell(s, 'fps', '.2f')} |"
+            )
         t = summary["truth"]
         lines.append(f"| (ground truth) | | | | {t['warp_error'] * 1e3:.3f} | {t['cdc']:.5f} | |")
         if "full" in summary:
@@ -309,13 +346,22 @@ def markdown(result: dict) -> str:
             # shorter runs or a second keyframe are easier, so they get no verdict
             if variant == "first" and result.get("config", {}).get("max_frames") is None:
                 verdict = "met" if summary["full"]["psnr"] >= TARGET_PSNR else "NOT met"
-                lines += ["", f"Target (full >= {TARGET_PSNR} dB, module alone; issue 5 is judged by "
-                              f"bench.bench_run): {verdict} ({summary['full']['psnr']:.2f} dB)"]
+                lines += [
+                    "",
+                    f"Target (full >= {TARGET_PSNR} dB, module alone; issue 5 is judged by "
+                    f"bench.bench_run): {verdict} ({summary['full']['psnr']:.2f} dB)",
+                ]
             else:
-                lines += ["", f"(no verdict: issue 5's {TARGET_PSNR} dB is for the first frame alone over whole "
-                              "sequences, judged by bench.bench_run)"]
-        lines += ["", "| sequence | " + " | ".join(m for m in summary if m != "truth") + " |",
-                  "|---|" + "---|" * (len(summary) - 1)]
+                lines += [
+                    "",
+                    f"(no verdict: issue 5's {TARGET_PSNR} dB is for the first frame alone over whole "
+                    "sequences, judged by bench.bench_run)",
+                ]
+        lines += [
+            "",
+            "| sequence | " + " | ".join(m for m in summary if m != "truth") + " |",
+            "|---|" + "---|" * (len(summary) - 1),
+        ]
         for name, shot in block["shots"].items():
             lines.append(f"| {name} | " + " | ".join(f"{shot[m]['psnr']:.2f}" for m in summary if m != "truth") + " |")
         lines.append("")
@@ -329,12 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="first N frames of each sequence (default: all)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--work-size", type=int, default=PropagationSettings().work_size,
-                        help="short side of the working resolution, px (default: %(default)s)")
-    parser.add_argument("--image-stride", type=int, default=1,
-                        help="run the per-frame image model on every K-th non-keyframe (default: %(default)s)")
-    parser.add_argument("--lpips-every", type=int, default=5,
-                        help="LPIPS on every K-th scored frame (default: %(default)s)")
+    parser.add_argument(
+        "--work-size",
+        type=int,
+        default=PropagationSettings().work_size,
+        help="short side of the working resolution, px (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image-stride",
+        type=int,
+        default=1,
+        help="run the per-frame image model on every K-th non-keyframe (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lpips-every", type=int, default=5, help="LPIPS on every K-th scored frame (default: %(default)s)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -344,21 +399,38 @@ def main(argv: list[str] | None = None) -> int:
         sequences = args.sequences or list_sequences(args.davis)
         settings = PropagationSettings(work_size=args.work_size)
         builders: dict[str, Callable[[], Method]] = {
-            "copy": lambda: copy_method, "flow": lambda: flow_method,
-            "image": lambda: image_method(args.image_stride), "full": lambda: full_method(settings)}
+            "copy": lambda: copy_method,
+            "flow": lambda: flow_method,
+            "image": lambda: image_method(args.image_stride),
+            "full": lambda: full_method(settings),
+        }
         methods = {m: builders[m]() for m in args.methods}
         lpips_model = load_lpips()
-        result: dict = {"variants": {}, "config": {
-            "sequences": sequences, "max_frames": args.max_frames, "work_size": args.work_size,
-            "image_stride": args.image_stride, "lpips_every": args.lpips_every, "settings": vars(settings),
-            "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor()}}
+        result: dict = {
+            "variants": {},
+            "config": {
+                "sequences": sequences,
+                "max_frames": args.max_frames,
+                "work_size": args.work_size,
+                "image_stride": args.image_stride,
+                "lpips_every": args.lpips_every,
+                "settings": vars(settings),
+                "torch_threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+            },
+        }
         for variant in args.variants:
             shots = {}
             for name in sequences:
                 shot = load_shot(args.davis, name, args.max_frames)
                 shots[name] = evaluate(shot, variant, methods, args.work_size, lpips_model, args.lpips_every)
-                print(f"{variant} {name}: " + ", ".join(f"{m} {s['psnr']:.2f} dB" for m, s in shots[name].items()
-                                                        if "psnr" in s), file=sys.stderr, flush=True)
+                print(
+                    f"{variant} {name}: "
+                    + ", ".join(f"{m} {s['psnr']:.2f} dB" for m, s in shots[name].items() if "psnr" in s),
+                    file=sys.stderr,
+                    flush=True,
+                )
             result["variants"][variant] = {"shots": shots, "summary": summarise(shots)}
         print(markdown(result))
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ process, see :data:`_LAUNCHER`). Then:
 ``--memory-check`` also runs the same reel 4 times longer (sequences repeated, refs for every
 shot) and reports both peak memories. DAVIS is for evaluation only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ class ShotTruth:
         return self.start + len(self.frames)
 
 
-def build_reel(davis: Path, sequences: list[str], max_frames: int | None, variant: str, dest: Path
-               ) -> tuple[Path, Path, list[ShotTruth]]:
+def build_reel(
+    davis: Path, sequences: list[str], max_frames: int | None, variant: str, dest: Path
+) -> tuple[Path, Path, list[ShotTruth]]:
     """Write ``dest/reel.mkv`` and ``dest/refs/``; returns them and the shots' truth."""
     shots, start = [], 0
     for name in sequences:
@@ -96,16 +98,37 @@ def build_reel(davis: Path, sequences: list[str], max_frames: int | None, varian
 # child spawned from this process, which holds decoded frames and torch after scoring, reports
 # at least this process's own peak. A launcher started fresh (small) spawns the real command and
 # reports that grandchild's ru_maxrss (KiB) on its stdout's last line.
-_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'w'), "
-             "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss); "
-             "sys.exit(os.waitstatus_to_exitcode(s))")
+_LAUNCHER = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'w'), "
+    "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss); "
+    "sys.exit(os.waitstatus_to_exitcode(s))"
+)
 
 
 def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, work_size: int) -> dict:
     """``postprod run`` in a fresh process; wall time (s) and peak resident memory (MiB)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
-           "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", str(work_size),
-           "--engine", engine]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        "--reel",
+        str(reel),
+        "--refs",
+        str(refs),
+        "--out",
+        str(out),
+        "--codec",
+        "ffv1",
+        "--workdir",
+        str(workdir),
+        "--device",
+        "cpu",
+        "--work-size",
+        str(work_size),
+        "--engine",
+        engine,
+    ]
     log = workdir.parent / f"{out.stem}.log"
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True)
@@ -125,11 +148,21 @@ def check_media(reel: Path, out: Path) -> dict:
     """The output's frame count, rate, timecode and audio against the input's, and its luma."""
     src, dst = probe(reel), probe(out)
     luma_equal = all(np.array_equal(a.luma, b.luma) for a, b in zip(iter_frames(reel), iter_frames(out), strict=True))
-    return {"frames": [src.frames, dst.frames], "fps": [str(src.fps), str(dst.fps)],
-            "timecode": [src.timecode, dst.timecode], "audio_packets_equal": audio_packets(reel) == audio_packets(out),
-            "audio_packets": len(audio_packets(reel)), "luma_equal": luma_equal,
-            "ok": (src.frames == dst.frames and src.fps == dst.fps and src.timecode == dst.timecode
-                   and audio_packets(reel) == audio_packets(out) and luma_equal)}
+    return {
+        "frames": [src.frames, dst.frames],
+        "fps": [str(src.fps), str(dst.fps)],
+        "timecode": [src.timecode, dst.timecode],
+        "audio_packets_equal": audio_packets(reel) == audio_packets(out),
+        "audio_packets": len(audio_packets(reel)),
+        "luma_equal": luma_equal,
+        "ok": (
+            src.frames == dst.frames
+            and src.fps == dst.fps
+            and src.timecode == dst.timecode
+            and audio_packets(reel) == audio_packets(out)
+            and luma_equal
+        ),
+    }
 
 
 def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
@@ -139,7 +172,7 @@ def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
     per_seq: dict[str, dict] = {}
     for shot in shots:
         rgbs, truths = [], []
-        for i, path in enumerate(shot.frames):
+        for path in shot.frames:
             f = next(frames)
             rgbs.append(rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix))
             truths.append(read_rgb(path))
@@ -150,22 +183,44 @@ def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
             "frames": len(rgbs),
             "psnr_nonkey": [p for i, p in enumerate(psnrs) if shot.start + i not in keyframes],
             "psnr_key": [p for i, p in enumerate(psnrs) if shot.start + i in keyframes],
-            "warp_error": float(np.mean([warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, len(rgbs))])),
-            "warp_error_truth": float(np.mean([warp_error(truths[t - 1], truths[t], *flows[t - 1])
-                                               for t in range(1, len(rgbs))])),
+            "warp_error": float(
+                np.mean([warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, len(rgbs))])
+            ),
+            "warp_error_truth": float(
+                np.mean([warp_error(truths[t - 1], truths[t], *flows[t - 1]) for t in range(1, len(rgbs))])
+            ),
         }
     nonkey = [p for s in per_seq.values() for p in s["psnr_nonkey"]]
     key = [p for s in per_seq.values() for p in s["psnr_key"]]
     weights = [s["frames"] for s in per_seq.values()]
-    return {"psnr_nonkey": float(np.mean(nonkey)), "psnr_key": float(np.mean(key)), "nonkeyframes": len(nonkey),
-            "warp_error": float(np.average([s["warp_error"] for s in per_seq.values()], weights=weights)),
-            "warp_error_truth": float(np.average([s["warp_error_truth"] for s in per_seq.values()], weights=weights)),
-            "per_sequence": {k: {"psnr_nonkey": float(np.mean(v["psnr_nonkey"])), "warp_error": v["warp_error"],
-                                 "warp_error_truth": v["warp_error_truth"]} for k, v in per_seq.items()}}
+    return {
+        "psnr_nonkey": float(np.mean(nonkey)),
+        "psnr_key": float(np.mean(key)),
+        "nonkeyframes": len(nonkey),
+        "warp_error": float(np.average([s["warp_error"] for s in per_seq.values()], weights=weights)),
+        "warp_error_truth": float(np.average([s["warp_error_truth"] for s in per_seq.values()], weights=weights)),
+        "per_sequence": {
+            k: {
+                "psnr_nonkey": float(np.mean(v["psnr_nonkey"])),
+                "warp_error": v["warp_error"],
+                "warp_error_truth": v["warp_error_truth"],
+            }
+            for k, v in per_seq.items()
+        },
+    }
 
 
-def bench(davis: Path, sequences: list[str], max_frames: int | None, variant: str, engine: str, work_size: int,
-          work: Path, repeat: int = 1, scored: bool = True) -> dict:
+def bench(
+    davis: Path,
+    sequences: list[str],
+    max_frames: int | None,
+    variant: str,
+    engine: str,
+    work_size: int,
+    work: Path,
+    repeat: int = 1,
+    scored: bool = True,
+) -> dict:
     """Build the reel (sequences repeated ``repeat`` times), run postprod on it, check and score it."""
     folder = work / f"{variant}-x{repeat}"
     reel, refs, shots = build_reel(davis, sequences * repeat, max_frames, variant, folder)
@@ -182,20 +237,31 @@ def bench(davis: Path, sequences: list[str], max_frames: int | None, variant: st
 
 def markdown(result: dict) -> str:
     r = result["run"]
-    lines = [f"`postprod run` on {r['reel_frames']} frames ({len(result['sequences'])} DAVIS sequences, "
-             f"variant {result['variant']}, engine {result['engine']}): {r['seconds']:.0f} s, {r['fps']:.2f} frames/s, "
-             f"peak memory {r['peak_rss_mib']:.0f} MiB", "",
-             f"media: {r['media']}", "",
-             f"non-keyframes ({r['nonkeyframes']}): PSNR {r['psnr_nonkey']:.2f} dB (target {TARGET_PSNR}); "
-             f"keyframes {r['psnr_key']:.2f} dB; warp error x1e3 {r['warp_error'] * 1e3:.3f} "
-             f"(ground truth {r['warp_error_truth'] * 1e3:.3f})", "",
-             "| sequence | PSNR non-key dB | warp err x1e3 | truth warp err x1e3 |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['psnr_nonkey']:.2f} | {v['warp_error'] * 1e3:.3f} | {v['warp_error_truth'] * 1e3:.3f} |"
-              for k, v in r["per_sequence"].items()]
+    lines = [
+        f"`postprod run` on {r['reel_frames']} frames ({len(result['sequences'])} DAVIS sequences, "
+        f"variant {result['variant']}, engine {result['engine']}): {r['seconds']:.0f} s, {r['fps']:.2f} frames/s, "
+        f"peak memory {r['peak_rss_mib']:.0f} MiB",
+        "",
+        f"media: {r['media']}",
+        "",
+        f"non-keyframes ({r['nonkeyframes']}): PSNR {r['psnr_nonkey']:.2f} dB (target {TARGET_PSNR}); "
+        f"keyframes {r['psnr_key']:.2f} dB; warp error x1e3 {r['warp_error'] * 1e3:.3f} "
+        f"(ground truth {r['warp_error_truth'] * 1e3:.3f})",
+        "",
+        "| sequence | PSNR non-key dB | warp err x1e3 | truth warp err x1e3 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['psnr_nonkey']:.2f} | {v['warp_error'] * 1e3:.3f} | {v['warp_error_truth'] * 1e3:.3f} |"
+        for k, v in r["per_sequence"].items()
+    ]
     if "memory_x4" in result:
         m1, m4 = r["peak_rss_mib"], result["memory_x4"]["peak_rss_mib"]
-        lines += ["", f"peak memory: {m1:.0f} MiB ({r['reel_frames']} frames) vs {m4:.0f} MiB "
-                      f"({result['memory_x4']['reel_frames']} frames): {100 * (m4 - m1) / m1:+.1f} %"]
+        lines += [
+            "",
+            f"peak memory: {m1:.0f} MiB ({r['reel_frames']} frames) vs {m4:.0f} MiB "
+            f"({result['memory_x4']['reel_frames']} frames): {100 * (m4 - m1) / m1:+.1f} %",
+        ]
     return "\n".join(lines)
 
 
@@ -216,12 +282,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sequences = args.sequences or list_sequences(args.davis)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-run-"))
-    result = {"sequences": sequences, "variant": args.variant, "engine": args.engine, "work_size": args.work_size,
-              "max_frames": args.max_frames, "machine": platform.platform(), "cpus": os.cpu_count(),
-              "run": bench(args.davis, sequences, args.max_frames, args.variant, args.engine, args.work_size, work)}
+    result = {
+        "sequences": sequences,
+        "variant": args.variant,
+        "engine": args.engine,
+        "work_size": args.work_size,
+        "max_frames": args.max_frames,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "run": bench(args.davis, sequences, args.max_frames, args.variant, args.engine, args.work_size, work),
+    }
     if args.memory_check:
-        result["memory_x4"] = bench(args.davis, sequences, args.max_frames, args.variant, args.engine,
-                                    args.work_size, work, repeat=4, scored=False)
+        result["memory_x4"] = bench(
+            args.davis,
+            sequences,
+            args.max_frames,
+            args.variant,
+            args.engine,
+            args.work_size,
+            work,
+            repeat=4,
+            scored=False,
+        )
     print(markdown(result))
     with atomic_output(args.out, force=True) as tmp:
         tmp.write_text(json.dumps(_json_safe(result), indent=1))

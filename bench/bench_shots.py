@@ -21,6 +21,7 @@ wall time). A detected boundary
 (first frame of a new shot) matches a true one when it lies within 1 frame of the true cut, or
 of the true transition's frame range for fades and dissolves; each true transition matches once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,16 @@ ENCODINGS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def write_grey_reel(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, crf: int = 18,
-                    codec: str = "libx264", timecode: str | None = None, audio: bool = False) -> int:
+def write_grey_reel(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: Fraction,
+    *,
+    crf: int = 18,
+    codec: str = "libx264",
+    timecode: str | None = None,
+    audio: bool = False,
+) -> int:
     """Encode full-range grey frames ((H, W) uint8, H and W even) with ``codec`` (see ENCODINGS); return the count.
 
     The luma is stored limited-range (0 -> 16, 255 -> 235; MJPEG: full range, as JPEG has it) with
@@ -123,9 +132,10 @@ def write_grey_reel(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, 
         if sound is not None:
             rate, block, total = 48000, 1024, int(count / fps * 48000)
             for start in range(0, total, block):
-                tone = (0.05 * np.sin(2 * np.pi * 440 * np.arange(start, min(start + block, total)) / rate))
-                samples = av.AudioFrame.from_ndarray(np.stack([tone, tone]).astype(np.float32), format="fltp",
-                                                     layout="stereo")
+                tone = 0.05 * np.sin(2 * np.pi * 440 * np.arange(start, min(start + block, total)) / rate)
+                samples = av.AudioFrame.from_ndarray(
+                    np.stack([tone, tone]).astype(np.float32), format="fltp", layout="stereo"
+                )
                 samples.sample_rate, samples.pts = rate, start
                 out.mux(sound.encode(samples))
             out.mux(sound.encode(None))
@@ -251,8 +261,11 @@ def decode_only_opencv(path: Path) -> list[int]:
     return []
 
 
-DECODE_ONLY: dict[str, Callable[[Path], list[int]]] = {"pyav": decode_only_pyav, "pyav-refs": decode_refs_pyav,
-                                                         "opencv": decode_only_opencv}
+DECODE_ONLY: dict[str, Callable[[Path], list[int]]] = {
+    "pyav": decode_only_pyav,
+    "pyav-refs": decode_refs_pyav,
+    "opencv": decode_only_opencv,
+}
 
 
 def scenedetect_version() -> str | None:
@@ -304,8 +317,10 @@ def run(work: Path, repeat: int) -> dict:
     """Run every method on every reel; the JSON-ready results."""
     methods: dict[str, Callable[[Path], list[int]]] = {"postprod": ours}
     if scenedetect_version():
-        methods |= {f"pyscenedetect-{n.removesuffix('Detector').lower()}": scenedetect_method(n)
-                    for n in ("ContentDetector", "AdaptiveDetector", "ThresholdDetector")}
+        methods |= {
+            f"pyscenedetect-{n.removesuffix('Detector').lower()}": scenedetect_method(n)
+            for n in ("ContentDetector", "AdaptiveDetector", "ThresholdDetector")
+        }
         # not a default, but the setting PySceneDetect offers for footage without colour
         methods["pyscenedetect-content-luma"] = scenedetect_method("ContentDetector", luma_only=True)
     else:
@@ -327,20 +342,38 @@ def run(work: Path, repeat: int) -> dict:
                 times[m].append(time.perf_counter() - t0)
                 cpu[m].append(time.process_time() - c0)
         results[name] = {
-            "path": str(path), "intra_only": intra, "truth": [list(r) for r in truth],
-            "methods": {m: {"found": found[m], **score(found[m], truth), "seconds_min": min(times[m]),
-                            "seconds_median": statistics.median(times[m]), "seconds_all": times[m],
-                            "cpu_seconds_min": min(cpu[m])}
-                        for m in chosen},
+            "path": str(path),
+            "intra_only": intra,
+            "truth": [list(r) for r in truth],
+            "methods": {
+                m: {
+                    "found": found[m],
+                    **score(found[m], truth),
+                    "seconds_min": min(times[m]),
+                    "seconds_median": statistics.median(times[m]),
+                    "seconds_all": times[m],
+                    "cpu_seconds_min": min(cpu[m]),
+                }
+                for m in chosen
+            },
             "decode_only_seconds_min": {k: min(times[f"decode-only-{k}"]) for k in DECODE_ONLY},
         }
-        print(f"{name}: " + ", ".join(f"{m} F1 {r['f1']:.2f} {r['seconds_min']:.2f}s"
-                                      for m, r in results[name]["methods"].items()), file=sys.stderr)
+        print(
+            f"{name}: "
+            + ", ".join(f"{m} F1 {r['f1']:.2f} {r['seconds_min']:.2f}s" for m, r in results[name]["methods"].items()),
+            file=sys.stderr,
+        )
     return {
-        "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                        "cpus": os.cpu_count(), "pyav": av.__version__, "opencv": cv2.__version__,
-                        "scenedetect": scenedetect_version(), "repeat": repeat,
-                        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "pyav": av.__version__,
+            "opencv": cv2.__version__,
+            "scenedetect": scenedetect_version(),
+            "repeat": repeat,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
         "tolerance_frames": TOLERANCE,
         "reels": results,
         "davis_total": davis_total(results),
@@ -366,29 +399,42 @@ def davis_total(results: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 def markdown_table(report: dict) -> str:
     """Scores, best wall and CPU times per reel and method (speed-ups over ContentDetector), then decode floors."""
-    rows = ["| reel | method | precision | recall | F1 | TP/FP/FN | time (s) | ContentDetector time / this "
-            "| CPU (s) | ContentDetector CPU / this |", "|---|---|---|---|---|---|---|---|---|---|"]
-    pooled = [(f"DAVIS, {len(DAVIS_SEEDS)} reels pooled", {"methods": report["davis_total"]})] \
-        if report["davis_total"] else []
+    rows = [
+        "| reel | method | precision | recall | F1 | TP/FP/FN | time (s) | ContentDetector time / this "
+        "| CPU (s) | ContentDetector CPU / this |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pooled = (
+        [(f"DAVIS, {len(DAVIS_SEEDS)} reels pooled", {"methods": report["davis_total"]})]
+        if report["davis_total"]
+        else []
+    )
     named = [*report["reels"].items(), *pooled]
     for name, reel in named:
         content = reel["methods"].get("pyscenedetect-content", {})
         for m, r in reel["methods"].items():
             speed = [f"{content[k] / r[k]:.2f}x" if content else "-" for k in ("seconds_min", "cpu_seconds_min")]
-            rows.append(f"| {name} | {m} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
-                        f"{r['tp']}/{r['fp']}/{r['fn']} | {r['seconds_min']:.2f} | {speed[0]} | "
-                        f"{r['cpu_seconds_min']:.2f} | {speed[1]} |")
-    rows += ["", "| reel | PyAV decode only (s) | PyAV reference frames only (s) | OpenCV decode only (s) "
-                 "| postprod (s) | ContentDetector (s) | ContentDetector / reference frames only |",
-             "|---|---|---|---|---|---|---|"]
+            rows.append(
+                f"| {name} | {m} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
+                f"{r['tp']}/{r['fp']}/{r['fn']} | {r['seconds_min']:.2f} | {speed[0]} | "
+                f"{r['cpu_seconds_min']:.2f} | {speed[1]} |"
+            )
+    rows += [
+        "",
+        "| reel | PyAV decode only (s) | PyAV reference frames only (s) | OpenCV decode only (s) "
+        "| postprod (s) | ContentDetector (s) | ContentDetector / reference frames only |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, reel in report["reels"].items():
         dec, m = reel["decode_only_seconds_min"], reel["methods"]
         content = m.get("pyscenedetect-content", {}).get("seconds_min")
-        rows.append(f"| {name} | {dec['pyav']:.2f} | {dec['pyav-refs']:.2f} | {dec['opencv']:.2f} | "
-                    f"{m['postprod']['seconds_min']:.2f} | "
-                    + (f"{content:.2f} | " if content else "- | ")
-                    # intra-only: no frame is needed to decode another, so this is no floor
-                    + (f"{content / dec['pyav-refs']:.2f}x |" if content and not reel.get("intra_only") else "- |"))
+        rows.append(
+            f"| {name} | {dec['pyav']:.2f} | {dec['pyav-refs']:.2f} | {dec['opencv']:.2f} | "
+            f"{m['postprod']['seconds_min']:.2f} | "
+            + (f"{content:.2f} | " if content else "- | ")
+            # intra-only: no frame is needed to decode another, so this is no floor
+            + (f"{content / dec['pyav-refs']:.2f}x |" if content and not reel.get("intra_only") else "- |")
+        )
     return "\n".join(rows)
 
 

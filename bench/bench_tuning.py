@@ -14,6 +14,7 @@ default settings changed by ``--set`` (e.g. ``--set confidence_power=1 restore=f
 are JSON: numbers, true/false, null), and is scored like ``bench_propagation``: RGB PSNR after
 ``upsample_chroma``, over the non-keyframes; frame mean and mean of shots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,15 @@ from pipeline.files import atomic_output
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.metrics import psnr
-from pipeline.propagate import (Colorizer, MemoryStore, PropagationSettings, attention_colorizer, propagate_shot,
-                                to_working, upsample_chroma)
+from pipeline.propagate import (
+    Colorizer,
+    MemoryStore,
+    PropagationSettings,
+    attention_colorizer,
+    propagate_shot,
+    to_working,
+    upsample_chroma,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reels"
 DEFAULT_REELS = tuple(DATA / n for n in ("testvideo.mp4", "goldeneye-vfr-drop3.mp4", "issue-195-aspect-ratio.mp4"))
@@ -90,16 +98,30 @@ def score(shot: Shot, settings: PropagationSettings, colorizer: Colorizer | None
     luma = [to_working(l, settings.work_size) for l in shot.lab[:, 0]]
     keys = {0: working_ab(shot.lab[0], luma[0].shape)}
     out = propagate_shot(iter(luma), keys, length=shot.n, colorizer=colorizer, store=MemoryStore(), settings=settings)
-    return [psnr(compose(shot.lab[t, 0], upsample_chroma(ab, shot.lab[t, 0])), shot.rgb[t])
-            for t, ab in enumerate(out) if t not in keys]
+    return [
+        psnr(compose(shot.lab[t, 0], upsample_chroma(ab, shot.lab[t, 0])), shot.rgb[t])
+        for t, ab in enumerate(out)
+        if t not in keys
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reels", type=Path, nargs="+", default=list(DEFAULT_REELS),
-                        help="colour reels (default: PySceneDetect's testvideo, goldeneye and issue-195)")
-    parser.add_argument("--set", dest="assignments", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="PropagationSettings fields to change, JSON values")
+    parser.add_argument(
+        "--reels",
+        type=Path,
+        nargs="+",
+        default=list(DEFAULT_REELS),
+        help="colour reels (default: PySceneDetect's testvideo, goldeneye and issue-195)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="PropagationSettings fields to change, JSON values",
+    )
     parser.add_argument("--max-frames", type=int, default=90, help="frames per shot at most (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -110,25 +132,34 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     if not shots:
-        print(f"no usable shot (each needs {MIN_FRAMES} frames and a coloured first frame)",
-              file=sys.stderr)
+        print(f"no usable shot (each needs {MIN_FRAMES} frames and a coloured first frame)", file=sys.stderr)
         return 2
     colorizer = None
     if settings.attention_every > 0:
-        colorizer = attention_colorizer(work_size=settings.attention_size,
-                                        position_sigma=settings.attention_position_sigma)
+        colorizer = attention_colorizer(
+            work_size=settings.attention_size, position_sigma=settings.attention_position_sigma
+        )
     start, per_shot, frames = time.perf_counter(), {}, []
     for shot in shots:
         values = score(shot, settings, colorizer)
         per_shot[shot.name] = float(np.mean(values))
         frames += values
         print(f"{shot.name}: {per_shot[shot.name]:.2f} dB ({len(values)} frames)", file=sys.stderr, flush=True)
-    result = {"settings": dataclasses.asdict(settings), "changed": args.assignments,
-              "reels": [str(r) for r in args.reels], "max_frames": args.max_frames,
-              "psnr_frames": float(np.mean(frames)), "psnr_shots": float(np.mean(list(per_shot.values()))),
-              "frames": len(frames), "shots": per_shot, "seconds": time.perf_counter() - start}
-    print(f"{' '.join(args.assignments) or 'defaults'}: {result['psnr_frames']:.3f} dB over {len(frames)} frames "
-          f"({result['psnr_shots']:.3f} dB mean of {len(per_shot)} shots)")
+    result = {
+        "settings": dataclasses.asdict(settings),
+        "changed": args.assignments,
+        "reels": [str(r) for r in args.reels],
+        "max_frames": args.max_frames,
+        "psnr_frames": float(np.mean(frames)),
+        "psnr_shots": float(np.mean(list(per_shot.values()))),
+        "frames": len(frames),
+        "shots": per_shot,
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"{' '.join(args.assignments) or 'defaults'}: {result['psnr_frames']:.3f} dB over {len(frames)} frames "
+        f"({result['psnr_shots']:.3f} dB mean of {len(per_shot)} shots)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out, force=True) as tmp:
         tmp.write_text(json.dumps(_json_safe(result), indent=1))

@@ -10,6 +10,7 @@ level: the DAVIS masks of the target and reference frames are given as one (targ
 reference mask) pair; scored inside the target mask (ab error, PSNR) for mask-capable methods
 run with and without the masks. DAVIS is for evaluation only, never training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,9 @@ def _resize(image: np.ndarray, size: int, *, mask: bool = False) -> np.ndarray:
     return cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
 
 
-def load_pairs(davis: Path, sequences: Sequence[str], max_pairs_per_seq: int, size: int,
-               gap: int = FRAME_GAP) -> list[Pair]:
+def load_pairs(
+    davis: Path, sequences: Sequence[str], max_pairs_per_seq: int, size: int, gap: int = FRAME_GAP
+) -> list[Pair]:
     """``max_pairs_per_seq`` (reference k, target k + gap) pairs per sequence, k evenly spread."""
     pairs = []
     for seq in sequences:
@@ -93,9 +95,17 @@ def load_pairs(davis: Path, sequences: Sequence[str], max_pairs_per_seq: int, si
         for k in starts:
             t_path, r_path = frames[k + gap], frames[k]
             masks = [read_image(davis / seq / "masks" / f"{p.stem}.png").pixels > 0 for p in (t_path, r_path)]
-            pairs.append(Pair(seq, int(k + gap), int(k),
-                              _resize(read_colour(t_path).pixels, size), _resize(read_colour(r_path).pixels, size),
-                              _resize(masks[0], size, mask=True), _resize(masks[1], size, mask=True)))
+            pairs.append(
+                Pair(
+                    seq,
+                    int(k + gap),
+                    int(k),
+                    _resize(read_colour(t_path).pixels, size),
+                    _resize(read_colour(r_path).pixels, size),
+                    _resize(masks[0], size, mask=True),
+                    _resize(masks[1], size, mask=True),
+                )
+            )
     return pairs
 
 
@@ -121,8 +131,10 @@ def compose_rgb(target_l: np.ndarray, ab: np.ndarray) -> np.ndarray:
 def _torch_method(name: str, device: torch.device, colour: Callable[..., torch.Tensor]) -> Method:
     """Wrap ``colour(target_l (1, 1, H, W), refs [(1, 3, Hr, Wr)], masks)`` -> (1, 2, H, W) ab as a
     numpy :data:`Colorizer` (the harness's arrays in, (H, W, 2) float32 ab out)."""
-    def colorize(target_l: np.ndarray, reference_labs: Sequence[np.ndarray],
-                 masks: Sequence[MaskPairs] | None) -> np.ndarray:
+
+    def colorize(
+        target_l: np.ndarray, reference_labs: Sequence[np.ndarray], masks: Sequence[MaskPairs] | None
+    ) -> np.ndarray:
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
@@ -142,8 +154,9 @@ def super_attention_method(device: str = "cpu") -> Method:
 
     dev = torch.device(device)
     features = load_vgg16(device=dev)  # loaded once, reused for every pair
-    return _torch_method(SUPER_ATTENTION, dev,
-                         lambda l, refs, masks: transfer_colour(l, refs, masks, features=features))
+    return _torch_method(
+        SUPER_ATTENTION, dev, lambda l, refs, masks: transfer_colour(l, refs, masks, features=features)
+    )
 
 
 def net_method(device: str = "cpu", weights: Path | None = None) -> Method:
@@ -182,25 +195,37 @@ def available_methods(names: Sequence[str] | None = None, device: str = "cpu") -
 
 def score_a(pred: np.ndarray, pair: Pair, lpips_model: torch.nn.Module) -> dict[str, float]:
     """Protocol A scores of ``pred`` (H, W, 3) float RGB against the pair's ground truth."""
+
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, np.float32)).permute(2, 0, 1)[None]
 
     with torch.inference_mode():
         lp = float(lpips_model(t(pred), t(pair.target_rgb))[0])
-    return {"psnr": psnr(pred, pair.target_rgb), "ssim": ssim(pred, pair.target_rgb), "lpips_approx": lp,
-            "delta_his": delta_his(pred, pair.target_rgb, pair.reference_rgb), "colourfulness": colourfulness(pred)}
+    return {
+        "psnr": psnr(pred, pair.target_rgb),
+        "ssim": ssim(pred, pair.target_rgb),
+        "lpips_approx": lp,
+        "delta_his": delta_his(pred, pair.target_rgb, pair.reference_rgb),
+        "colourfulness": colourfulness(pred),
+    }
 
 
 def score_b(pred: np.ndarray, pair: Pair) -> dict[str, float]:
     """Protocol B scores inside the target mask (NaN if the mask is empty at this size)."""
     if not pair.target_mask.any():
         return {"ab_error_in_mask": float("nan"), "psnr_in_mask": float("nan")}
-    return {"ab_error_in_mask": masked_ab_error(pred, pair.target_rgb, pair.target_mask),
-            "psnr_in_mask": psnr(pred, pair.target_rgb, mask=pair.target_mask)}
+    return {
+        "ab_error_in_mask": masked_ab_error(pred, pair.target_rgb, pair.target_mask),
+        "psnr_in_mask": psnr(pred, pair.target_rgb, mask=pair.target_mask),
+    }
 
 
-def run(pairs: Sequence[Pair], methods: Sequence[Method], protocols: Sequence[str],
-        lpips_model: torch.nn.Module | None = None) -> dict:
+def run(
+    pairs: Sequence[Pair],
+    methods: Sequence[Method],
+    protocols: Sequence[str],
+    lpips_model: torch.nn.Module | None = None,
+) -> dict:
     """Colorize every pair with every method (and with masks for mask-capable ones under B) and score.
 
     Returns a JSON-able dict: ``pairs``, ``A``/``B`` (means per variant), ``per_pair`` scores,
@@ -231,10 +256,18 @@ def run(pairs: Sequence[Pair], methods: Sequence[Method], protocols: Sequence[st
         return {n: {k: float(np.nanmean([s[k] for s in per_pair[n]])) for k in keys} for n in names}
 
     result: dict = {
-        "pairs": [{"sequence": p.sequence, "target_frame": p.target_frame, "reference_frame": p.reference_frame,
-                   "size": list(p.target_rgb.shape[:2]), "target_mask_pixels": int(p.target_mask.sum())}
-                  for p in pairs],
-        "per_pair": per_pair, "seconds": seconds,
+        "pairs": [
+            {
+                "sequence": p.sequence,
+                "target_frame": p.target_frame,
+                "reference_frame": p.reference_frame,
+                "size": list(p.target_rgb.shape[:2]),
+                "target_mask_pixels": int(p.target_mask.sum()),
+            }
+            for p in pairs
+        ],
+        "per_pair": per_pair,
+        "seconds": seconds,
     }
     if "A" in protocols:
         result["A"] = means([m.name for m in methods], ["psnr", "ssim", "lpips_approx", "delta_his", "colourfulness"])
@@ -249,38 +282,58 @@ def markdown_tables(result: dict) -> str:
     lines: list[str] = []
     n = len(result["pairs"])
     if "A" in result:
-        lines += [f"Protocol A: whole image, {n} pairs (LPIPS is an approximation of LPIPS-VGG)", "",
-                  "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | ΔHIS ↓ | colourfulness | s/pair |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Protocol A: whole image, {n} pairs (LPIPS is an approximation of LPIPS-VGG)",
+            "",
+            "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | ΔHIS ↓ | colourfulness | s/pair |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, s in result["A"].items():
-            lines.append(f"| {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['lpips_approx']:.4f} | "
-                         f"{s['delta_his']:.4f} | {s['colourfulness']:.1f} | {result['seconds'][name] / n:.2f} |")
+            lines.append(
+                f"| {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['lpips_approx']:.4f} | "
+                f"{s['delta_his']:.4f} | {s['colourfulness']:.1f} | {result['seconds'][name] / n:.2f} |"
+            )
         lines.append(f"| (ground truth) | | | | | {result['ground_truth_colourfulness']:.1f} | |")
         a = result["A"]
         if SUPER_ATTENTION in a:
             others = {k: a[k]["psnr"] for k in ("reinhard", "copy-chroma") if k in a}
             verdict = all(a[SUPER_ATTENTION]["psnr"] > v for v in others.values())
-            lines += ["", f"Target A (super-attention PSNR > {', '.join(others)}): "
-                          f"{'met' if verdict else 'NOT met'} ({a[SUPER_ATTENTION]['psnr']:.2f} dB vs "
-                          + ", ".join(f"{k} {v:.2f} dB" for k, v in others.items()) + ")"]
+            lines += [
+                "",
+                f"Target A (super-attention PSNR > {', '.join(others)}): "
+                f"{'met' if verdict else 'NOT met'} ({a[SUPER_ATTENTION]['psnr']:.2f} dB vs "
+                + ", ".join(f"{k} {v:.2f} dB" for k, v in others.items())
+                + ")",
+            ]
         if NET in a and SUPER_ATTENTION in a:
             n, t = a[NET], a[SUPER_ATTENTION]
             verdict = n["psnr"] > t["psnr"] and n["lpips_approx"] < t["lpips_approx"]
-            lines.append(f"Target net (PSNR and LPIPS≈ better than {SUPER_ATTENTION}): {'met' if verdict else 'NOT met'} "
-                         f"({n['psnr']:.2f} vs {t['psnr']:.2f} dB, {n['lpips_approx']:.4f} vs {t['lpips_approx']:.4f})")
+            lines.append(
+                f"Target net (PSNR and LPIPS≈ better than {SUPER_ATTENTION}): {'met' if verdict else 'NOT met'} "
+                f"({n['psnr']:.2f} vs {t['psnr']:.2f} dB, {n['lpips_approx']:.4f} vs {t['lpips_approx']:.4f})"
+            )
         lines.append("")
     if "B" in result:
-        lines += [f"Protocol B: inside the target object mask, {n} pairs", "",
-                  "| method | ab error ↓ | PSNR in mask dB ↑ | s/pair |", "|---|---|---|---|"]
+        lines += [
+            f"Protocol B: inside the target object mask, {n} pairs",
+            "",
+            "| method | ab error ↓ | PSNR in mask dB ↑ | s/pair |",
+            "|---|---|---|---|",
+        ]
         for name, s in result["B"].items():
-            lines.append(f"| {name} | {s['ab_error_in_mask']:.2f} | {s['psnr_in_mask']:.2f} | "
-                         f"{result['seconds'][name] / n:.2f} |")
+            lines.append(
+                f"| {name} | {s['ab_error_in_mask']:.2f} | {s['psnr_in_mask']:.2f} | "
+                f"{result['seconds'][name] / n:.2f} |"
+            )
         b = result["B"]
         if f"{SUPER_ATTENTION} +masks" in b:
             without, with_ = b[SUPER_ATTENTION]["ab_error_in_mask"], b[f"{SUPER_ATTENTION} +masks"]["ab_error_in_mask"]
             cut = 1.0 - with_ / without
-            lines += ["", f"Target B (masks cut the in-mask ab error by >= {MASK_TARGET:.0%}): "
-                          f"{'met' if cut >= MASK_TARGET else 'NOT met'} ({without:.2f} -> {with_:.2f}, {cut:.1%} lower)"]
+            lines += [
+                "",
+                f"Target B (masks cut the in-mask ab error by >= {MASK_TARGET:.0%}): "
+                f"{'met' if cut >= MASK_TARGET else 'NOT met'} ({without:.2f} -> {with_:.2f}, {cut:.1%} lower)",
+            ]
     return "\n".join(lines)
 
 
@@ -301,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--davis", type=Path, default=DEFAULT_DAVIS, help="DAVIS folder (default: %(default)s)")
     parser.add_argument("--sequences", nargs="+", help="sequence names (default: all)")
     parser.add_argument("--max-pairs-per-seq", type=int, default=2, help="pairs per sequence (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=320, help="long side of the images in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=320, help="long side of the images in pixels (default: %(default)s)"
+    )
     parser.add_argument("--methods", nargs="+", help=f"default: {SUPER_ATTENTION} (if available) and {list(BASELINES)}")
     parser.add_argument("--device", default="cpu", help="torch device for super-attention (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
@@ -315,9 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         pairs = load_pairs(args.davis, sequences, args.max_pairs_per_seq, args.size)
         methods = available_methods(args.methods, args.device)
         result = run(pairs, methods, protocols, load_lpips() if "A" in protocols else None)
-        result["config"] = {"protocols": list(protocols), "sequences": sequences, "gap": FRAME_GAP,
-                            "max_pairs_per_seq": args.max_pairs_per_seq, "size": args.size,
-                            "methods": [m.name for m in methods], "torch_threads": torch.get_num_threads()}
+        result["config"] = {
+            "protocols": list(protocols),
+            "sequences": sequences,
+            "gap": FRAME_GAP,
+            "max_pairs_per_seq": args.max_pairs_per_seq,
+            "size": args.size,
+            "methods": [m.name for m in methods],
+            "torch_threads": torch.get_num_threads(),
+        }
         print(markdown_tables(result))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(args.out, force=True) as tmp:  # results are regenerated on every run

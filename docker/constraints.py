@@ -4,6 +4,7 @@ own build (CPU or CUDA) of the same version.
 
     python docker/constraints.py > docker/constraints.txt
 """
+
 from __future__ import annotations
 
 from importlib import metadata

@@ -13,6 +13,7 @@ one of each kind of reference the pipeline reads:
 - ``shot-2.png`` with ``shot-2.animal.mask.png`` / ``shot-2.animal.refmask.png``: an exemplar
   for shot 2 with the object's mask on the shot's first frame and on the reference.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,15 +5,16 @@
 Panels, left to right: grey frame 48 of the demo reel (camel, shot 2) · the exemplar
 ``shot-2.png`` · colorized from it without masks · with the animal masks · the true colour frame.
 """
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 import numpy as np
+from make_demo import load  # the demo's own frame loader (same resize)
 from PIL import Image
 
-from make_demo import load  # the demo's own frame loader (same resize)
 from pipeline.color import codes_to_luma
 from pipeline.colorize import Exemplar, colorize_still, compose_rgb
 from pipeline.images import read_colour, read_mask
@@ -35,15 +36,25 @@ def main() -> None:
     frame = next(iter_frames(reel, FRAME, FRAME + 1))
     grey = codes_to_luma(frame.luma, frame.bit_depth, info.luma_range)
     ref = read_colour(refs / "shot-2.png").pixels
-    masks = ((read_mask(refs / "shot-2.animal.mask.png", grey.shape, of=reel),
-              read_mask(refs / "shot-2.animal.refmask.png", ref.shape[:2], of=refs / "shot-2.png")),)
+    masks = (
+        (
+            read_mask(refs / "shot-2.animal.mask.png", grey.shape, of=reel),
+            read_mask(refs / "shot-2.animal.refmask.png", ref.shape[:2], of=refs / "shot-2.png"),
+        ),
+    )
     plain = compose_rgb(grey, colorize_still(grey, [Exemplar(ref)], device="cpu"))
     masked = compose_rgb(grey, colorize_still(grey, [Exemplar(ref, masks)], device="cpu"))
     truth = np.asarray(load(args.davis, "camel", "frames", 0), dtype=np.float32) / 255
     panels = [np.repeat(grey[..., None], 3, -1), ref, plain, masked, truth]
     height = grey.shape[0]
-    resized = [np.asarray(Image.fromarray((p * 255).round().astype(np.uint8)).resize(
-        (round(p.shape[1] * height / p.shape[0]), height), Image.Resampling.LANCZOS)) for p in panels]
+    resized = [
+        np.asarray(
+            Image.fromarray((p * 255).round().astype(np.uint8)).resize(
+                (round(p.shape[1] * height / p.shape[0]), height), Image.Resampling.LANCZOS
+            )
+        )
+        for p in panels
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(resized, axis=1)).save(args.out, quality=90)
     print(f"wrote {args.out}")

@@ -8,6 +8,7 @@
 - :mod:`flows.artifacts`: the run's Markdown report, shots table and progress in the Prefect UI;
 - :mod:`flows.settings`: Prefect defaults (applied here, before Prefect is first imported).
 """
+
 from flows.settings import apply_server_defaults
 
 apply_server_defaults()

@@ -9,6 +9,7 @@ Prefect stores no files: the contact sheet PNG stays in the work folder and the 
 to it, by URL when the operator serves that storage over HTTP (``POSTPROD_URL_BASE`` serving the
 folder ``POSTPROD_URL_ROOT``), else by ``file://`` path.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect.artifacts import (create_image_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from flows.shot import ShotOutcome
 from pipeline.keyframes import Plan, ShotPlan
@@ -70,16 +76,21 @@ def shot_rows(plan: Plan, outcomes: Mapping[int, ShotOutcome], failures: Mapping
     rows = []
     for shot in plan.shots:
         done = outcomes.get(shot.index)
-        rows.append({
-            "shot": shot.index, "frames": f"{shot.start}-{shot.end}", "tc in": plan.timecode(shot.start),
-            "source": shot.source, "refs": _refs(shot),
-            "keyframes": ", ".join(f"{k.frame} ({k.kind}, {k.how})" for k in shot.keyframes) or "-",
-            "status": _status(done, failures.get(shot.index)),
-            "seconds": None if done is None else done.seconds,
-            "work px": None if done is None else done.work_size,
-            "worker": None if done is None else f"{done.host}:{done.pid}",
-            "error": failures.get(shot.index, ""),
-        })
+        rows.append(
+            {
+                "shot": shot.index,
+                "frames": f"{shot.start}-{shot.end}",
+                "tc in": plan.timecode(shot.start),
+                "source": shot.source,
+                "refs": _refs(shot),
+                "keyframes": ", ".join(f"{k.frame} ({k.kind}, {k.how})" for k in shot.keyframes) or "-",
+                "status": _status(done, failures.get(shot.index)),
+                "seconds": None if done is None else done.seconds,
+                "work px": None if done is None else done.work_size,
+                "worker": None if done is None else f"{done.host}:{done.pid}",
+                "error": failures.get(shot.index, ""),
+            }
+        )
     return rows
 
 
@@ -102,23 +113,34 @@ def report_markdown(report: Report) -> str:
     counts: dict[str, int] = {}
     for r in report.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    lines = [f"# {report.reel.name}", "",
-             f"- reel: `{report.reel}`",
-             f"- output: `{report.out}`" if report.out else "- output: **not written** (shots failed)",
-             f"- work folder: `{report.workdir}`",
-             f"- time: {report.seconds:.1f} s",
-             "- shots: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
+    lines = [
+        f"# {report.reel.name}",
+        "",
+        f"- reel: `{report.reel}`",
+        f"- output: `{report.out}`" if report.out else "- output: **not written** (shots failed)",
+        f"- work folder: `{report.workdir}`",
+        f"- time: {report.seconds:.1f} s",
+        "- shots: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        "",
+    ]
     if failed:
-        lines += ["## Failed shots", "",
-                  *(f"- shot {r['shot']} (frames {r['frames']}): {r['error']}" for r in failed), "",
-                  "Rerun the same command (or the same deployment parameters): finished shots are "
-                  "reused, only these are redone.", ""]
+        lines += [
+            "## Failed shots",
+            "",
+            *(f"- shot {r['shot']} (frames {r['frames']}): {r['error']}" for r in failed),
+            "",
+            "Rerun the same command (or the same deployment parameters): finished shots are "
+            "reused, only these are redone.",
+            "",
+        ]
     if report.sheet:
         lines += [f"[Contact sheet: first keyframe of each shot, before / after]({report.sheet})", ""]
     columns = ["shot", "frames", "tc in", "source", "refs", "keyframes", "status", "seconds", "work px", "worker"]
     lines += ["## Shots", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]).replace("|", "/") for c in columns) + " |"
-              for r in report.rows]
+    lines += [
+        "| " + " | ".join("" if r[c] is None else str(r[c]).replace("|", "/") for c in columns) + " |"
+        for r in report.rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -126,12 +148,14 @@ def publish_report(report: Report) -> None:
     """Create the Markdown report and the shots table (and the contact sheet as an image
     artifact when it has an http(s) URL) on the current flow run."""
     reel = report.reel
-    create_markdown_artifact(report_markdown(report), key=artifact_key(reel, "report"),
-                             description=f"colorize {reel.name}")
+    create_markdown_artifact(
+        report_markdown(report), key=artifact_key(reel, "report"), description=f"colorize {reel.name}"
+    )
     create_table_artifact(report.rows, key=artifact_key(reel, "shots"), description=f"shots of {reel.name}")
     if report.sheet and report.sheet.startswith(("http://", "https://")):
-        create_image_artifact(report.sheet, key=artifact_key(reel, "contact-sheet"),
-                              description=f"contact sheet of {reel.name}")
+        create_image_artifact(
+            report.sheet, key=artifact_key(reel, "contact-sheet"), description=f"contact sheet of {reel.name}"
+        )
 
 
 class ShotProgress:
@@ -139,8 +163,9 @@ class ShotProgress:
 
     def __init__(self, reel: Path, total: int) -> None:
         self.total, self.done = max(total, 1), 0
-        self.id: UUID = create_progress_artifact(0.0, key=artifact_key(reel, "progress"),
-                                                 description=f"shots of {Path(reel).name} finished")
+        self.id: UUID = create_progress_artifact(
+            0.0, key=artifact_key(reel, "progress"), description=f"shots of {Path(reel).name} finished"
+        )
 
     def advance(self, n: int = 1) -> float:
         """Count ``n`` more shots finished; returns the new percentage."""

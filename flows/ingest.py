@@ -19,6 +19,7 @@ failed, crashed or were cancelled is resubmitted at the next scan (only its unfi
 redone) until it has ``max_attempts`` of them; then it waits for an operator (rerun it from the
 UI, or delete its failed runs).
 """
+
 from __future__ import annotations
 
 import time
@@ -27,16 +28,22 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowFilter,
-                                            FlowFilterName, FlowRunFilter, FlowRunFilterTags)
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 
 from flows.reel import reel_tag
-from pipeline import run
 from pipeline.media.encode import CODECS
-from pipeline.run import RunSettings
+from pipeline.settings import RunSettings
+from pipeline.workdir import default_workdir, reel_fingerprint
 
 REEL_SUFFIXES = (".mov", ".mkv", ".mp4", ".mxf")
 REFS_SUFFIX = ".refs"
@@ -56,8 +63,11 @@ class IngestItem:
 
 def _settled(path: Path, now: float, settle_seconds: float) -> bool:
     """``path`` (a folder: everything in it) was last modified at least ``settle_seconds`` ago."""
-    times = [path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))] if path.is_dir() \
+    times = (
+        [path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))]
+        if path.is_dir()
         else [path.stat().st_mtime]
+    )
     return now - max(times) >= settle_seconds
 
 
@@ -92,11 +102,13 @@ def reel_runs(reel: Path, deployment: str) -> list[FlowRun]:
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[reel_tag(reel)])),
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
             # sort and limit given: with fastapi 0.154 the server refuses the client's explicit nulls
-            sort=FlowRunSort.ID_DESC, limit=200)
+            sort=FlowRunSort.ID_DESC,
+            limit=200,
+        )
 
 
 def reel_status(out: Path, runs: list[FlowRun], max_attempts: int) -> str:
-    """"done", "in progress", "gave up" (``max_attempts`` stopped runs) or "new" (submit it)."""
+    """ "done", "in progress", "gave up" (``max_attempts`` stopped runs) or "new" (submit it)."""
     if out.exists() or any(r.state_type == StateType.COMPLETED for r in runs):
         return "done"
     if any(r.state_type not in STOPPED for r in runs):
@@ -105,9 +117,16 @@ def reel_status(out: Path, runs: list[FlowRun], max_attempts: int) -> str:
 
 
 @flow(name="ingest")
-def ingest(folder: Path, out_dir: Path | None = None, work_root: Path | None = None,
-           settings: RunSettings = RunSettings(), deployment: str = REEL_DEPLOYMENT,
-           shot_deployment: str | None = None, settle_seconds: float = 60.0, max_attempts: int = 3) -> list[str]:
+def ingest(
+    folder: Path,
+    out_dir: Path | None = None,
+    work_root: Path | None = None,
+    settings: RunSettings = RunSettings(),
+    deployment: str = REEL_DEPLOYMENT,
+    shot_deployment: str | None = None,
+    settle_seconds: float = 60.0,
+    max_attempts: int = 3,
+) -> list[str]:
     """Submit a ``deployment`` run for each new reel of ``folder``; returns the names submitted.
 
     ``out_dir`` (default ``<folder>/out``) and ``work_root`` (default ``<folder>/.work``) must be
@@ -128,18 +147,31 @@ def ingest(folder: Path, out_dir: Path | None = None, work_root: Path | None = N
         runs = reel_runs(item.reel, deployment)
         status = reel_status(out, runs, max_attempts)
         if status == "gave up":
-            logger.warning("%s: %d runs failed; not resubmitted (see the runs tagged %s)",
-                           item.reel.name, len(runs), reel_tag(item.reel))
+            logger.warning(
+                "%s: %d runs failed; not resubmitted (see the runs tagged %s)",
+                item.reel.name,
+                len(runs),
+                reel_tag(item.reel),
+            )
         if status != "new":
             continue
         flow_run = run_deployment(
-            deployment, timeout=0, as_subflow=False, tags=[reel_tag(item.reel)],
+            deployment,
+            timeout=0,
+            as_subflow=False,
+            tags=[reel_tag(item.reel)],
             flow_run_name=f"colorize-{item.name}",
             # two overlapping scans cannot submit the same attempt twice
-            idempotency_key=f"{item.name}-{run.reel_fingerprint(item.reel)[:16]}-{len(runs)}",
-            parameters={"reel": str(item.reel), "refs": None if item.refs is None else str(item.refs),
-                        "out": str(out), "workdir": str(work_root / run.default_workdir(item.reel).name),
-                        "settings": settings.to_dict(), "shot_deployment": shot_deployment})
+            idempotency_key=f"{item.name}-{reel_fingerprint(item.reel)[:16]}-{len(runs)}",
+            parameters={
+                "reel": str(item.reel),
+                "refs": None if item.refs is None else str(item.refs),
+                "out": str(out),
+                "workdir": str(work_root / default_workdir(item.reel).name),
+                "settings": settings.to_dict(),
+                "shot_deployment": shot_deployment,
+            },
+        )
         logger.info("%s: submitted %s (attempt %d)", item.reel.name, flow_run.name, len(runs) + 1)
         submitted.append(item.name)
     return submitted

@@ -10,6 +10,7 @@ finishes every other shot, reports the failures and raises :class:`ReelIncomplet
 is written** (not even a partial one). Rerunning the same command reuses every finished
 segment and redoes only the failed or unfinished shots.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,14 +30,14 @@ from prefect.futures import PrefectFuture, as_completed
 from flows.artifacts import Report, ShotProgress, file_link, publish_report, shot_rows
 from flows.settings import ensure_gpu_limit, gpu_count, gpu_slots, quiet_console, quiet_embedded_server_exit
 from flows.shot import ShotOutcome, outcome_of, read_outcome, shot_task
-from pipeline import run
+from pipeline import review, run
 from pipeline.errors import PostprodError
 from pipeline.files import check_writable_destination
 from pipeline.keyframes import Plan
-from pipeline.run import RunSettings
+from pipeline.review import CONTACT_SHEET
+from pipeline.settings import RunSettings
+from pipeline.workdir import PLAN_NAME, default_workdir, load_plan, shot_key
 
-CONTACT_SHEET = "contact-sheet.png"
-"""The contact sheet's name in the work folder."""
 POLL_SECONDS = 2.0
 """How often the reel's flow looks at its shots' flow runs on a farm."""
 
@@ -49,8 +50,10 @@ class ReelIncomplete(PostprodError):
     def __init__(self, out: Path, failures: dict[int, str]) -> None:
         self.failures = dict(sorted(failures.items()))
         detail = "; ".join(f"shot {i}: {e}" for i, e in self.failures.items())
-        super().__init__(out, f"not written: {len(self.failures)} shot(s) failed ({detail}); "
-                              "rerun the same command to redo only those")
+        super().__init__(
+            out,
+            f"not written: {len(self.failures)} shot(s) failed ({detail}); rerun the same command to redo only those",
+        )
 
 
 def reel_tag(reel: Path) -> str:
@@ -68,24 +71,25 @@ def prepare(reel: Path, refs: Path | None, out: Path, workdir: Path, settings: R
     """Check the output can be written, then probe, cut shots, check refs and plan keyframes
     (``pipeline.run.prepare_run``); returns ``workdir/plan.json``. Fails before any heavy work."""
     check_writable_destination(out, force=force, sources=(reel,))
-    return run.prepare_run(reel, refs, workdir, settings)
+    run.prepare_run(reel, refs, workdir, settings)
+    return Path(workdir) / PLAN_NAME
 
 
 @task(name="assemble", cache_policy=NO_CACHE, persist_result=False)
-def assemble(plan_path: Path, segments: dict[int, Path | None], out: Path, settings: RunSettings,
-             force: bool) -> Path:
+def assemble(plan_path: Path, segments: dict[int, Path | None], out: Path, settings: RunSettings, force: bool) -> Path:
     """The segments (the source for grey shots) encoded in order into ``out``, audio copied, atomically."""
-    return run.assemble(plan_path, segments, out, settings, force=force)
+    return run.assemble(load_plan(plan_path), segments, out, settings, force=force)
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE, persist_result=False)
 def contact_sheet(plan_path: Path, segments: dict[int, Path | None], dest: Path) -> Path:
     """PNG, one row per shot: its first keyframe grey, then coloured (grey when not coloured)."""
-    return run.contact_sheet(plan_path, segments, dest)
+    return review.contact_sheet(load_plan(plan_path), segments, dest)
 
 
-def _local_wave(wave: list[int], slots: int, plan_path: Path, workdir: Path, settings: RunSettings,
-                on_done: OnDone) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
+def _local_wave(
+    wave: list[int], slots: int, plan_path: Path, workdir: Path, settings: RunSettings, on_done: OnDone
+) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
     """Shots of ``wave`` as tasks of this flow, at most ``slots`` in flight; the caller holds
     that many slots of the ``gpu`` limit."""
     outcomes: dict[int, ShotOutcome] = {}
@@ -95,7 +99,8 @@ def _local_wave(wave: list[int], slots: int, plan_path: Path, workdir: Path, set
         while pending and len(running) < slots:
             i = pending.pop(0)
             future: PrefectFuture = shot_task(plan_path, i, workdir, settings).submit(
-                plan_path, i, workdir, settings, gpu_slot=False)
+                plan_path, i, workdir, settings, gpu_slot=False
+            )
             running[future] = i
         future = next(as_completed(list(running)))
         i = running.pop(future)
@@ -109,25 +114,45 @@ def _local_wave(wave: list[int], slots: int, plan_path: Path, workdir: Path, set
     return outcomes, failures
 
 
-def _farm_wave(wave: list[int], deployment: str, reel: Path, plan_path: Path, workdir: Path,
-               settings: RunSettings, poll_seconds: float, on_done: OnDone) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
+def _farm_wave(
+    wave: list[int],
+    deployment: str,
+    reel: Path,
+    plan_path: Path,
+    workdir: Path,
+    settings: RunSettings,
+    poll_seconds: float,
+    on_done: OnDone,
+) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
     """Shots of ``wave`` as ``colorize-shot`` deployment runs (children of this flow run); waits
     for all of them, reading each finished shot's outcome from the shared work folder."""
+    plan = load_plan(plan_path)
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
     runs: dict[UUID, int] = {}
     for i in wave:
-        flow_run = run_deployment(deployment, timeout=0, tags=[reel_tag(reel)],
-                                  flow_run_name=f"colorize-{reel.stem}-shot-{i}",
-                                  parameters={"plan_path": str(plan_path), "shot_index": i,
-                                              "workdir": str(workdir), "settings": settings.to_dict()})
+        flow_run = run_deployment(
+            deployment,
+            timeout=0,
+            tags=[reel_tag(reel)],
+            flow_run_name=f"colorize-{reel.stem}-shot-{i}",
+            parameters={
+                "plan_path": str(plan_path),
+                "shot_index": i,
+                "workdir": str(workdir),
+                "settings": settings.to_dict(),
+            },
+        )
         runs[flow_run.id] = i
     with get_client(sync_client=True) as client:
         while runs:
             time.sleep(poll_seconds)
             # sort and limit given: with fastapi 0.154 the server refuses the client's explicit nulls
-            for flow_run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs))),
-                                                  sort=FlowRunSort.ID_DESC, limit=len(runs)):
+            for flow_run in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs))),
+                sort=FlowRunSort.ID_DESC,
+                limit=len(runs),
+            ):
                 if flow_run.state is None or not flow_run.state.is_final():
                     continue
                 i = runs.pop(flow_run.id)
@@ -135,7 +160,7 @@ def _farm_wave(wave: list[int], deployment: str, reel: Path, plan_path: Path, wo
                     failures[i] = _one_line(f"{flow_run.state.name}: {flow_run.state.message or ''}")
                 else:
                     try:
-                        outcomes[i] = read_outcome(workdir, i, run.shot_key(plan_path, i, settings))
+                        outcomes[i] = read_outcome(workdir, i, shot_key(plan, i, settings))
                     except PostprodError as err:
                         failures[i] = _one_line(err)
                 on_done(i)
@@ -153,12 +178,19 @@ def _blocked(plan: Plan, wave: list[int], failures: dict[int, str]) -> dict[int,
 
 
 @flow(name="colorize-reel", flow_run_name="colorize-{reel.stem}")
-def colorize_reel(reel: Path, out: Path, refs: Path | None = None, workdir: Path | None = None,
-                  settings: RunSettings = RunSettings(), force: bool = False,
-                  shot_deployment: str | None = None, poll_seconds: float = POLL_SECONDS) -> Path:
+def colorize_reel(
+    reel: Path,
+    out: Path,
+    refs: Path | None = None,
+    workdir: Path | None = None,
+    settings: RunSettings = RunSettings(),
+    force: bool = False,
+    shot_deployment: str | None = None,
+    poll_seconds: float = POLL_SECONDS,
+) -> Path:
     """Colorize ``reel`` from the refs folder ``refs`` into ``out`` (codec from ``settings``).
 
-    ``workdir``: plan, segments and Prefect's shot cache (default ``pipeline.run.default_workdir``);
+    ``workdir``: plan, segments and Prefect's shot cache (default ``pipeline.workdir.default_workdir``);
     on a farm it must be on storage every worker mounts at the same path. ``shot_deployment``
     (e.g. ``colorize-shot/colorize-shot``): run each shot as a run of that deployment instead
     of in this process. Returns ``out``; raises :class:`ReelIncomplete` (nothing written) when
@@ -167,20 +199,26 @@ def colorize_reel(reel: Path, out: Path, refs: Path | None = None, workdir: Path
     logger = get_run_logger()
     started = time.perf_counter()
     reel, out = Path(reel).resolve(), Path(out).resolve()
-    workdir = Path(workdir or run.default_workdir(reel)).resolve()
-    plan_path = prepare(reel, refs, out, workdir, settings, force)
-    plan = run.load_plan(plan_path)
+    workdir = Path(workdir or default_workdir(reel)).resolve()
+    plan_file = prepare(reel, refs, out, workdir, settings, force)
+    plan = load_plan(plan_file)
     limit = ensure_gpu_limit()
     # in this process: this machine's GPUs (never more than the whole limit), held for all shots
     slots = min(gpu_count(), limit)
     progress = ShotProgress(reel, len(plan.shots))
-    logger.info("%s: %d shots in %s; work folder %s", reel.name, len(plan.shots),
-                f"deployment {shot_deployment}" if shot_deployment else f"this process ({slots} GPU slot(s))", workdir)
+    logger.info(
+        "%s: %d shots in %s; work folder %s",
+        reel.name,
+        len(plan.shots),
+        f"deployment {shot_deployment}" if shot_deployment else f"this process ({slots} GPU slot(s))",
+        workdir,
+    )
+
     def run_wave(todo: list[int]) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
         on_done: OnDone = lambda _: progress.advance()  # noqa: E731
         if shot_deployment:
-            return _farm_wave(todo, shot_deployment, reel, plan_path, workdir, settings, poll_seconds, on_done)
-        return _local_wave(todo, slots, plan_path, workdir, settings, on_done)
+            return _farm_wave(todo, shot_deployment, reel, plan_file, workdir, settings, poll_seconds, on_done)
+        return _local_wave(todo, slots, plan_file, workdir, settings, on_done)
 
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
@@ -197,7 +235,7 @@ def colorize_reel(reel: Path, out: Path, refs: Path | None = None, workdir: Path
     segments = {i: o.segment_file(workdir) for i, o in outcomes.items()}
     sheet = workdir / CONTACT_SHEET
     try:
-        contact_sheet(plan_path, segments, sheet)
+        contact_sheet(plan_file, segments, sheet)
     except Exception as err:  # the report still goes out, without its picture
         logger.warning("no contact sheet: %s", _one_line(err))
         sheet = None
@@ -205,22 +243,41 @@ def colorize_reel(reel: Path, out: Path, refs: Path | None = None, workdir: Path
     try:
         if failures:
             raise ReelIncomplete(out, failures)
-        written = assemble(plan_path, segments, out, settings, force)
+        written = assemble(plan_file, segments, out, settings, force)
         return written
     finally:
-        publish_report(Report(reel=reel, out=written, workdir=workdir, seconds=time.perf_counter() - started,
-                              rows=shot_rows(plan, outcomes, failures),
-                              sheet=file_link(sheet) if sheet else None))
+        publish_report(
+            Report(
+                reel=reel,
+                out=written,
+                workdir=workdir,
+                seconds=time.perf_counter() - started,
+                rows=shot_rows(plan, outcomes, failures),
+                sheet=file_link(sheet) if sheet else None,
+            )
+        )
 
 
-def run_flow(reel: Path, refs: Path | None, out: Path, workdir: Path | None = None,
-             settings: RunSettings = RunSettings(), force: bool = False) -> Path:
+def run_flow(
+    reel: Path,
+    refs: Path | None,
+    out: Path,
+    workdir: Path | None = None,
+    settings: RunSettings = RunSettings(),
+    force: bool = False,
+) -> Path:
     """``postprod run --engine prefect``: the ``colorize-reel`` flow in this process, on the server
     at ``PREFECT_API_URL`` if set, else on Prefect's embedded server (SQLite in ``PREFECT_HOME``).
     Prefect's console logging is kept to warnings (see :func:`flows.settings.quiet_console`)."""
     with quiet_console(), tags(reel_tag(reel)):
         try:
-            return colorize_reel(reel=Path(reel), out=Path(out), refs=None if refs is None else Path(refs),
-                                 workdir=None if workdir is None else Path(workdir), settings=settings, force=force)
+            return colorize_reel(
+                reel=Path(reel),
+                out=Path(out),
+                refs=None if refs is None else Path(refs),
+                workdir=None if workdir is None else Path(workdir),
+                settings=settings,
+                force=force,
+            )
         finally:
             quiet_embedded_server_exit()

@@ -5,13 +5,14 @@ must run before that: ``flows/__init__.py`` calls it. It only fills in what the 
 does not already say, so a user's ``PREFECT_*`` variables (``PREFECT_API_URL`` above all: run
 against that server instead of the embedded one) always win.
 """
+
 from __future__ import annotations
 
 import atexit
 import logging
 import os
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 SERVER_DEFAULTS: dict[str, str] = {
@@ -40,8 +41,10 @@ def prefect_console_handlers() -> list[logging.Handler]:
     """Prefect's console handlers (on the root logger and the server's loggers)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(v, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
     found = {id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
     return list(found.values())
 
@@ -76,7 +79,7 @@ def quiet_console(level: int = logging.WARNING, environ: MutableMapping[str, str
     try:
         yield
     finally:
-        for h, old in zip(handlers, before):
+        for h, old in zip(handlers, before, strict=True):
             h.setLevel(old)
             h.removeFilter(no_tracebacks)
 
@@ -145,9 +148,6 @@ def ensure_gpu_limit(name: str = GPU_LIMIT, slots: int | None = None) -> int:
             return client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             pass
-        try:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=name, limit=slots or gpu_count()))
-        except ObjectAlreadyExists:  # another run created it meanwhile
-            pass
+        with suppress(ObjectAlreadyExists):  # another run may have created it meanwhile
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots or gpu_count()))
         return client.read_global_concurrency_limit_by_name(name).limit

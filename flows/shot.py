@@ -1,9 +1,9 @@
 """One shot: the cached, GPU-slotted ``colorize-shot`` task, and the ``colorize-shot`` flow a farm
 runs once per shot (``run_deployment`` from :func:`flows.reel.colorize_reel`).
 
-Caching. The shot's segment file (``pipeline.run.segment_path``: a content key in its name) is
+Caching. The shot's segment file (``pipeline.workdir.segment_path``: a content key in its name) is
 the durable cache; Prefect's cache agrees with it: the task's cache key is
-``pipeline.run.shot_key`` and its result records live in ``<workdir>/prefect-cache/``, beside the
+``pipeline.workdir.shot_key`` and its result records live in ``<workdir>/prefect-cache/``, beside the
 segments, so every worker sharing the work folder shares them. A cached result is only trusted
 while its segment exists: :func:`shot_task` refreshes the cache of a shot whose segment is gone.
 
@@ -19,6 +19,7 @@ Failures. Transient errors are retried with exponential backoff; a user error
 the shot at a lower working resolution (:func:`oom_work_sizes`); the segment made that way is
 filed under the requested settings' key, so neighbouring shots and later runs find it.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ from flows.settings import ensure_gpu_limit, gpu_slots
 from pipeline import run
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
-from pipeline.run import RunSettings
+from pipeline.keyframes import Plan
+from pipeline.settings import MIN_WORK_SIZE, RunSettings
+from pipeline.workdir import load_plan, segment_path, shot_key
 
 CACHE_DIR = "prefect-cache"
 """Prefect's result records of the shots, under the work folder."""
@@ -46,14 +49,12 @@ OUTCOMES_DIR = "outcomes"
 """One ``shot-<i>.json`` :class:`ShotOutcome` per shot run as a flow, under the work folder."""
 OOM_SCALES = (0.75, 0.5)
 """Working resolutions tried after a CUDA out-of-memory error, as fractions of the requested one."""
-MIN_WORK_SIZE = 64
-"""Smallest working resolution (short side, px) tried after out-of-memory errors."""
 
 
 @dataclass(frozen=True)
 class ShotOutcome:
     """What colorizing one shot gave. ``segment``: the segment's path relative to the work folder,
-    None for a shot left grey. ``key``: ``pipeline.run.shot_key`` under the requested settings.
+    None for a shot left grey. ``key``: ``pipeline.workdir.shot_key`` under the requested settings.
     ``work_size``: working resolution used (px; lower than requested after out-of-memory).
     ``seconds``: wall time of the computation. ``reused``: the segment was already on disk.
     ``host``/``pid``/``ppid``: the process that computed it (``ppid``: its worker, on a farm).
@@ -88,37 +89,44 @@ def oom_work_sizes(work_size: int) -> list[int]:
     return [work_size, *(s for s in lower if MIN_WORK_SIZE <= s < work_size)]
 
 
-def compute_shot(plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings, *,
-                 gpu_slot: bool = True) -> ShotOutcome:
+def compute_shot(
+    plan: Plan, shot_index: int, workdir: Path, settings: RunSettings, *, gpu_slot: bool = True
+) -> ShotOutcome:
     """Colorize one shot with ``pipeline.run.colorize_shot``, at lower working resolutions after
     CUDA out-of-memory errors; with ``gpu_slot``, holding a slot of the ``gpu`` limit while it
     computes (else the caller holds one). A shot left grey, or whose segment is already on disk,
     needs no slot and no computation."""
     workdir = Path(workdir)
     started = time.perf_counter()
-    dest = run.segment_path(plan_path, shot_index, workdir, settings)
-    grey = run.load_plan(plan_path).shots[shot_index].source == "grey"
+    dest = segment_path(workdir, plan, shot_index, settings)
+    grey = plan.shots[shot_index].source == "grey"
     reused = not grey and dest.exists()
     used = settings.work_size
     if not grey and not reused:
         with gpu_slots(1) if gpu_slot else nullcontext():
-            segment, used = _colorize_fitting_memory(plan_path, shot_index, workdir, settings)
+            segment, used = _colorize_fitting_memory(plan, shot_index, workdir, settings)
         if used != settings.work_size:
             os.replace(segment, dest)  # filed under the requested key: see the module docstring
-    return ShotOutcome(index=shot_index, key=run.shot_key(plan_path, shot_index, settings),
-                       segment=None if grey else str(dest.relative_to(workdir)), work_size=used,
-                       seconds=round(time.perf_counter() - started, 3), reused=reused,
-                       host=socket.gethostname(), pid=os.getpid(), ppid=os.getppid())
+    return ShotOutcome(
+        index=shot_index,
+        key=shot_key(plan, shot_index, settings),
+        segment=None if grey else str(dest.relative_to(workdir)),
+        work_size=used,
+        seconds=round(time.perf_counter() - started, 3),
+        reused=reused,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        ppid=os.getppid(),
+    )
 
 
-def _colorize_fitting_memory(plan_path: Path, shot_index: int, workdir: Path,
-                             settings: RunSettings) -> tuple[Path, int]:
+def _colorize_fitting_memory(plan: Plan, shot_index: int, workdir: Path, settings: RunSettings) -> tuple[Path, int]:
     """``pipeline.run.colorize_shot`` at each of :func:`oom_work_sizes` until one fits in GPU
     memory; returns the segment and the working size used. The last size's error propagates."""
     import torch
 
     def colorize(size: int) -> tuple[Path, int]:
-        segment = run.colorize_shot(plan_path, shot_index, workdir, settings.replace(work_size=size))
+        segment = run.colorize_shot(plan, shot_index, workdir, settings.replace(work_size=size))
         if segment is None:
             raise PostprodError(workdir, f"shot {shot_index} has colour sources but no segment was made")
         return Path(segment), size
@@ -128,15 +136,14 @@ def _colorize_fitting_memory(plan_path: Path, shot_index: int, workdir: Path,
         try:
             return colorize(size)
         except torch.cuda.OutOfMemoryError:
-            get_run_logger().warning("shot %d: CUDA out of memory at work size %d px, retrying lower",
-                                     shot_index, size)
+            get_run_logger().warning("shot %d: CUDA out of memory at work size %d px, retrying lower", shot_index, size)
             torch.cuda.empty_cache()
     return colorize(last)
 
 
 def _shot_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     del context
-    return run.shot_key(parameters["plan_path"], parameters["shot_index"], parameters["settings"])
+    return shot_key(load_plan(parameters["plan_path"]), parameters["shot_index"], parameters["settings"])
 
 
 def _is_transient(task: Task, task_run: Any, state: Any) -> bool:
@@ -150,25 +157,34 @@ def _is_transient(task: Task, task_run: Any, state: Any) -> bool:
     return not isinstance(err, (PostprodError, WeightsError, torch.cuda.OutOfMemoryError))
 
 
-@task(name="colorize-shot", task_run_name="shot-{shot_index}", cache_key_fn=_shot_cache_key,
-      persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=exponential_backoff(10),
-      retry_jitter_factor=0.2, retry_condition_fn=_is_transient)
-def colorize_shot_task(plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings,
-                       gpu_slot: bool = True) -> dict[str, Any]:
+@task(
+    name="colorize-shot",
+    task_run_name="shot-{shot_index}",
+    cache_key_fn=_shot_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(10),
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_is_transient,
+)
+def colorize_shot_task(
+    plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings, gpu_slot: bool = True
+) -> dict[str, Any]:
     """Colorize shot ``shot_index`` of the plan at ``plan_path`` into ``workdir/segments/``
     (``gpu_slot``: see :func:`compute_shot`); returns its :class:`ShotOutcome` as a dict (JSON:
     it is the cached result)."""
-    return compute_shot(plan_path, shot_index, workdir, settings, gpu_slot=gpu_slot).to_dict()
+    return compute_shot(load_plan(plan_path), shot_index, workdir, settings, gpu_slot=gpu_slot).to_dict()
 
 
 def shot_task(plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings) -> Task:
     """:func:`colorize_shot_task` set up for this work folder: result records in
     ``workdir/prefect-cache``, and the cache refreshed when the shot's segment is missing (a
     cached result naming a deleted file is not trusted)."""
-    grey = run.load_plan(plan_path).shots[shot_index].source == "grey"
-    missing = not grey and not run.segment_path(plan_path, shot_index, workdir, settings).exists()
-    return colorize_shot_task.with_options(result_storage=Path(workdir).resolve() / CACHE_DIR,
-                                           refresh_cache=missing)
+    plan = load_plan(plan_path)
+    grey = plan.shots[shot_index].source == "grey"
+    missing = not grey and not segment_path(workdir, plan, shot_index, settings).exists()
+    return colorize_shot_task.with_options(result_storage=Path(workdir).resolve() / CACHE_DIR, refresh_cache=missing)
 
 
 def outcome_path(workdir: Path, shot_index: int) -> Path:
@@ -207,14 +223,16 @@ def outcome_of(state: State) -> ShotOutcome:
 
 
 @flow(name="colorize-shot")
-def colorize_shot_flow(plan_path: Path, shot_index: int, workdir: Path,
-                       settings: RunSettings = RunSettings()) -> dict[str, Any]:
+def colorize_shot_flow(
+    plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings = RunSettings()
+) -> dict[str, Any]:
     """One shot as its own flow run, for farms: N GPU workers pull shots from the ``gpu`` pool.
     The plan and work folder must be on storage all workers share (same path everywhere).
     Leaves the :class:`ShotOutcome` in ``workdir/outcomes/`` for the reel's flow."""
     ensure_gpu_limit()
     plan_path, workdir = Path(plan_path), Path(workdir)
-    outcome = outcome_of(shot_task(plan_path, shot_index, workdir, settings)(
-        plan_path, shot_index, workdir, settings, return_state=True))
+    outcome = outcome_of(
+        shot_task(plan_path, shot_index, workdir, settings)(plan_path, shot_index, workdir, settings, return_state=True)
+    )
     write_outcome(workdir, outcome)
     return outcome.to_dict()

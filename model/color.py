@@ -2,6 +2,7 @@
 
 Lab convention everywhere: L in [0, 100], a and b roughly in [-128, 127]; sRGB in [0, 1].
 """
+
 from __future__ import annotations
 
 import kornia.color
@@ -17,6 +18,11 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
 def lab_to_rgb(lab: Tensor, clip: bool = True) -> Tensor:
     """Lab (B, 3, H, W) -> sRGB (B, 3, H, W) float; clipped to [0, 1] unless ``clip=False``."""
     return kornia.color.lab_to_rgb(lab, clip=clip)
+
+
+def grey_lightness(grey: Tensor) -> Tensor:
+    """Lab L of sRGB-encoded grey: (B, 1, H, W) float in [0, 1] -> (B, 1, H, W) L in [0, 100]."""
+    return rgb_to_lab(grey.expand(-1, 3, -1, -1))[:, :1]
 
 
 def grey_rgb(l: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ ported to Keras) fine-tuned on BSDS500 edges. See ``model/weights/README.md``.
 They expect Caffe-style input: BGR, 0-255, minus the per-channel mean
 ``HED_MEAN_BGR``. :class:`VGG16Features` does this itself, so callers pass RGB in [0, 1].
 """
+
 from __future__ import annotations
 
 from os import PathLike
@@ -24,11 +25,19 @@ HED_MEAN_BGR: tuple[float, float, float] = (104.00699, 116.66877, 122.67892)
 
 # (name, in_channels, out_channels) of the 13 VGG-16 convolutions, all 3x3, stride 1, padding 1.
 VGG16_CONVS: tuple[tuple[str, int, int], ...] = (
-    ("conv1_1", 3, 64), ("conv1_2", 64, 64),
-    ("conv2_1", 64, 128), ("conv2_2", 128, 128),
-    ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256),
-    ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512),
-    ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512),
+    ("conv1_1", 3, 64),
+    ("conv1_2", 64, 64),
+    ("conv2_1", 64, 128),
+    ("conv2_2", 128, 128),
+    ("conv3_1", 128, 256),
+    ("conv3_2", 256, 256),
+    ("conv3_3", 256, 256),
+    ("conv4_1", 256, 512),
+    ("conv4_2", 512, 512),
+    ("conv4_3", 512, 512),
+    ("conv5_1", 512, 512),
+    ("conv5_2", 512, 512),
+    ("conv5_3", 512, 512),
 )
 VGG16_LAYERS: tuple[str, ...] = tuple("relu" + name[4:] for name, _, _ in VGG16_CONVS)
 DEFAULT_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3")
@@ -107,9 +116,13 @@ class VGG16Features(nn.Module):
         return out
 
 
-def load_vgg16(layers: tuple[str, ...] = DEFAULT_LAYERS, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32, *,
-               path: str | PathLike[str] = VGG16_WEIGHTS) -> VGG16Features:
+def load_vgg16(
+    layers: tuple[str, ...] = DEFAULT_LAYERS,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    path: str | PathLike[str] = VGG16_WEIGHTS,
+) -> VGG16Features:
     """:class:`VGG16Features` with the converted HED weights (stored float16, cast to ``dtype``).
 
     Raises:

@@ -19,6 +19,7 @@ What differs, so that this is an approximation and must be reported as such:
   the input it was trained with. (Unit normalisation makes the distance blind to the
   overall feature scale, which differs between the two conventions.)
 """
+
 from __future__ import annotations
 
 from os import PathLike
@@ -26,7 +27,7 @@ from os import PathLike
 import torch
 from torch import Tensor, nn
 
-from model.features import VGG16Features, VGG16_WEIGHTS, load_vgg16
+from model.features import VGG16_WEIGHTS, VGG16Features, load_vgg16
 from model.weights import WEIGHTS_DIR, read_state
 
 LPIPS_WEIGHTS = WEIGHTS_DIR / "lpips_vgg_lin.pt"
@@ -36,7 +37,7 @@ LPIPS_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
 
 def lpips_weight_shapes() -> dict[str, tuple[int, ...]]:
     """Expected tensors of the lin weights file: ``{layer}.weight`` (1, C, 1, 1) per LPIPS layer."""
-    return {f"{layer}.weight": (1, c, 1, 1) for layer, c in zip(LPIPS_LAYERS, LPIPS_CHANNELS)}
+    return {f"{layer}.weight": (1, c, 1, 1) for layer, c in zip(LPIPS_LAYERS, LPIPS_CHANNELS, strict=True)}
 
 
 def unit_normalize(feat: Tensor, eps: float = 1e-10) -> Tensor:
@@ -44,8 +45,7 @@ def unit_normalize(feat: Tensor, eps: float = 1e-10) -> Tensor:
     return feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
-def lpips_from_features(feats_a: dict[str, Tensor], feats_b: dict[str, Tensor],
-                        lin: dict[str, Tensor]) -> Tensor:
+def lpips_from_features(feats_a: dict[str, Tensor], feats_b: dict[str, Tensor], lin: dict[str, Tensor]) -> Tensor:
     """The LPIPS sum over layers from precomputed features.
 
     Args:
@@ -85,13 +85,18 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS needs images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
         feats = self.features(torch.cat([a, b]))  # one pass for both: same size, twice the batch
         n = a.shape[0]
-        return lpips_from_features({k: v[:n] for k, v in feats.items()}, {k: v[n:] for k, v in feats.items()},
-                                   dict(self.lin.items()))
+        return lpips_from_features(
+            {k: v[:n] for k, v in feats.items()}, {k: v[n:] for k, v in feats.items()}, dict(self.lin.items())
+        )
 
 
-def load_lpips(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, *,
-               path: str | PathLike[str] = LPIPS_WEIGHTS,
-               vgg_path: str | PathLike[str] = VGG16_WEIGHTS) -> LPIPS:
+def load_lpips(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    path: str | PathLike[str] = LPIPS_WEIGHTS,
+    vgg_path: str | PathLike[str] = VGG16_WEIGHTS,
+) -> LPIPS:
     """:class:`LPIPS` with the bundled weights. Raises ``model.weights.WeightsError`` if one is missing or corrupt."""
     state = read_state(path, lpips_weight_shapes())
     lin = {layer: state[f"{layer}.weight"].float() for layer in LPIPS_LAYERS}

@@ -37,6 +37,7 @@ Deviations from the thesis, for a CPU training budget of about an hour on 2 core
   from scratch: the network starts where the training-free matching is and needs far fewer steps.
 * A small width (32-64-128-256 channels): ~1.9 M parameters, 3.7 MB in float16.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -49,12 +50,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.color import grey_rgb, lab_to_rgb
-from model.super_attention import (DEFAULT_TAU, attention, correlation, encode_superfeatures, pair_mask,
-                                   superpixel_membership, unpool)
+from model.super_attention import (
+    DEFAULT_TAU,
+    attention,
+    correlation,
+    encode_superfeatures,
+    pair_mask,
+    superpixel_membership,
+    unpool,
+)
 from model.superpixels import region_map, superpixels
-from model.transfer import (LIGHTNESS_SIGMA, MASK_TAU_SCALE, OBJECT_POSITION_SIGMA, FeatureExtractor, MaskPairs,
-                            check_exemplar_inputs, guided_upsample, object_coordinates, object_position_log_prior,
-                            resize, resize_mask, working_size)
+from model.transfer import (
+    LIGHTNESS_SIGMA,
+    MASK_TAU_SCALE,
+    OBJECT_POSITION_SIGMA,
+    FeatureExtractor,
+    MaskPairs,
+    check_exemplar_inputs,
+    guided_upsample,
+    object_coordinates,
+    object_position_log_prior,
+    resize,
+    resize_mask,
+    working_size,
+)
 from model.weights import WEIGHTS_DIR, WeightsError, read_state
 
 COLORNET_WEIGHTS = WEIGHTS_DIR / "colornet.pt"
@@ -82,9 +101,15 @@ class Matched:
 def _pool_levels(maps: Mapping[str, Tensor], labels: Tensor, n: int) -> list[Tensor]:
     """Each (B, C, h', w') map bilinearly resized to labels' (h, w), amax-pooled: list of (B, C, n)."""
     size = tuple(labels.shape[-2:])
-    return [encode_superfeatures(f if tuple(f.shape[-2:]) == size else
-                                 F.interpolate(f, size=size, mode="bilinear", align_corners=False),
-                                 labels, "amax", n)[0] for f in maps.values()]
+    return [
+        encode_superfeatures(
+            f if tuple(f.shape[-2:]) == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False),
+            labels,
+            "amax",
+            n,
+        )[0]
+        for f in maps.values()
+    ]
 
 
 def _batch_remap(l: Tensor, source: Tensor, target: Tensor) -> Tensor:
@@ -99,16 +124,26 @@ def _batch_remap(l: Tensor, source: Tensor, target: Tensor) -> Tensor:
 def _centroids(labels: Tensor, n: int) -> Tensor:
     """(B, h, w) int64 superpixels ``0..n-1`` (-1 = none) -> (B, n, 2) float centroids (y, x) in px."""
     b, h, w = labels.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device, dtype=torch.float32),
-                            torch.arange(w, device=labels.device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=labels.device, dtype=torch.float32),
+        torch.arange(w, device=labels.device, dtype=torch.float32),
+        indexing="ij",
+    )
     grid = torch.stack([ys, xs])[None].expand(b, -1, -1, -1)
     return encode_superfeatures(grid, labels, "mean", n)[0].transpose(1, 2)
 
 
-def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Tensor,
-                     reference_lab: Sequence[Tensor], labels_r: Sequence[Tensor],
-                     masks: Sequence[tuple[Tensor, Tensor]] | None = None, *, tau: float = DEFAULT_TAU,
-                     lightness_sigma: float = LIGHTNESS_SIGMA) -> Matched:
+def match_references(
+    features: FeatureExtractor,
+    target_l: Tensor,
+    labels_t: Tensor,
+    reference_lab: Sequence[Tensor],
+    labels_r: Sequence[Tensor],
+    masks: Sequence[tuple[Tensor, Tensor]] | None = None,
+    *,
+    tau: float = DEFAULT_TAU,
+    lightness_sigma: float = LIGHTNESS_SIGMA,
+) -> Matched:
     """Super-attention of a batch of grey targets on their references (see the module notes).
 
     Args:
@@ -135,11 +170,12 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
     levels_r: list[list[Tensor]] = [[] for _ in levels_t]
     phis_r: list[list[Tensor]] = [[] for _ in levels_t]
     ab_r, light_r, valid_r, member_r, member_t, masks_t, coords_r = [], [], [], [], [], [], []
-    for r, (lab, labels) in enumerate(zip(reference_lab, labels_r)):
+    for r, (lab, labels) in enumerate(zip(reference_lab, labels_r, strict=True)):
         n = int(labels.max()) + 1
         grey_maps = features(grey_rgb(lab[:, :1]))
         colour_maps = features(lab_to_rgb(lab))
-        for level, (g, c) in enumerate(zip(_pool_levels(grey_maps, labels, n), _pool_levels(colour_maps, labels, n))):
+        pooled = zip(_pool_levels(grey_maps, labels, n), _pool_levels(colour_maps, labels, n), strict=True)
+        for level, (g, c) in enumerate(pooled):
             levels_r[level].append(g)
             phis_r[level].append(c)
         ab, valid = encode_superfeatures(lab[:, 1:], labels, "mean", n)
@@ -153,18 +189,30 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
             first = sum(m[0].shape[1] for m in masks[:r])
             mem_r = torch.zeros(b, n, k_total, dtype=torch.bool, device=lab.device)
             if tm.shape[1]:
-                mem_r[..., first:first + tm.shape[1]] = superpixel_membership(labels, rm, n)
+                mem_r[..., first : first + tm.shape[1]] = superpixel_membership(labels, rm, n)
                 member_t.append(superpixel_membership(labels_t, tm, n_t))
                 masks_t.append(tm)
             member_r.append(mem_r)
             # reference superpixels in the frame of each of their own masks (zeros for the others)
             cen = _centroids(labels, n)
-            coords_r.append(torch.stack([torch.stack([object_coordinates(cen[i], rm[i, k - first])
-                                                      if first <= k < first + rm.shape[1] else torch.zeros_like(cen[i])
-                                                      for k in range(k_total)]) for i in range(b)]))
+            coords_r.append(
+                torch.stack(
+                    [
+                        torch.stack(
+                            [
+                                object_coordinates(cen[i], rm[i, k - first])
+                                if first <= k < first + rm.shape[1]
+                                else torch.zeros_like(cen[i])
+                                for k in range(k_total)
+                            ]
+                        )
+                        for i in range(b)
+                    ]
+                )
+            )
     valid = torch.cat(valid_r, dim=1)
     allowed = valid[:, None, :] & valid_t[:, :, None]
-    prior = -(light_t[:, :, None] - torch.cat(light_r, dim=1)[:, None, :]) ** 2 / (2.0 * lightness_sigma ** 2)
+    prior = -((light_t[:, :, None] - torch.cat(light_r, dim=1)[:, None, :]) ** 2) / (2.0 * lightness_sigma**2)
     temperature: float | Tensor = tau
     if member_t:
         # as model.transfer: rows inside a mask pair match more softly and prefer the same place
@@ -173,10 +221,20 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
         allowed = pair_mask(mem_t, mem_r, valid) & valid_t[:, :, None]
         temperature = torch.where(mem_t.any(dim=2, keepdim=True), tau * MASK_TAU_SCALE, tau)
         tmasks, cen_t, cr = torch.cat(masks_t, dim=1), _centroids(labels_t, n_t), torch.cat(coords_r, dim=2)
-        prior = prior + torch.stack([
-            object_position_log_prior(mem_t[i], mem_r[i], torch.stack([object_coordinates(cen_t[i], m) for m in tmasks[i]]),
-                                      cr[i], OBJECT_POSITION_SIGMA) for i in range(b)])
-    scores = torch.stack([correlation(f_t, torch.cat(f_r, dim=2)) for f_t, f_r in zip(levels_t, levels_r)]).mean(0)
+        prior = prior + torch.stack(
+            [
+                object_position_log_prior(
+                    mem_t[i],
+                    mem_r[i],
+                    torch.stack([object_coordinates(cen_t[i], m) for m in tmasks[i]]),
+                    cr[i],
+                    OBJECT_POSITION_SIGMA,
+                )
+                for i in range(b)
+            ]
+        )
+    levels = zip(levels_t, levels_r, strict=True)
+    scores = torch.stack([correlation(f_t, torch.cat(f_r, dim=2)) for f_t, f_r in levels]).mean(0)
     weights = attention(scores, temperature, allowed, prior)
     carried = [torch.einsum("btr,bcr->bct", weights, torch.cat(p, dim=2)) for p in phis_r]
     ab_sp = torch.einsum("btr,bcr->bct", weights, torch.cat(ab_r, dim=2))
@@ -187,8 +245,14 @@ def match_references(features: FeatureExtractor, target_l: Tensor, labels_t: Ten
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     """2 x (conv3x3 - BN - ReLU), thesis ch. 3."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ColorNet(nn.Module):
@@ -205,14 +269,16 @@ class ColorNet(nn.Module):
     def __init__(self, width: int = 32, value_channels: tuple[int, ...] = (16, 32, 32)) -> None:
         super().__init__()
         widths = (width, 2 * width, 4 * width, 8 * width)
-        self.values = nn.ModuleList(nn.Conv1d(c, v, 1) for c, v in zip(PHI_CHANNELS, value_channels))
+        self.values = nn.ModuleList(nn.Conv1d(c, v, 1) for c, v in zip(PHI_CHANNELS, value_channels, strict=True))
         # level 1 input: L, attended ab, confidence (2), value of phi_1
-        self.encoders = nn.ModuleList([
-            _block(1 + 2 + 2 + value_channels[0], widths[0]),
-            _block(widths[0] + value_channels[1], widths[1]),
-            _block(widths[1] + value_channels[2], widths[2]),
-            _block(widths[2], widths[3]),
-        ])
+        self.encoders = nn.ModuleList(
+            [
+                _block(1 + 2 + 2 + value_channels[0], widths[0]),
+                _block(widths[0] + value_channels[1], widths[1]),
+                _block(widths[1] + value_channels[2], widths[2]),
+                _block(widths[2], widths[3]),
+            ]
+        )
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(3))
         self.fuse = nn.ModuleList(nn.Conv2d(2 * widths[i], widths[i], 1) for i in range(3))
         self.decoders = nn.ModuleList(_block(widths[i], widths[i]) for i in range(3))
@@ -224,8 +290,10 @@ class ColorNet(nn.Module):
     def forward(self, target_l: Tensor, matched: Matched) -> Tensor:
         h, w = target_l.shape[-2:]
         pad = (0, (-w) % 8, 0, (-h) % 8)
-        attended = [F.pad(unpool(v(p), matched.labels), pad, mode="replicate")
-                    for v, p in zip(self.values, matched.phi)]
+        attended = [
+            F.pad(unpool(v(p), matched.labels), pad, mode="replicate")
+            for v, p in zip(self.values, matched.phi, strict=True)
+        ]
         x = torch.cat([target_l / 50.0 - 1.0, matched.ab / AB_SCALE, matched.confidence], dim=1)
         x = F.pad(x, pad, mode="replicate")
         skips = []
@@ -258,7 +326,7 @@ def load_colornet(path: str | PathLike[str] = COLORNET_WEIGHTS, device: torch.de
     net = ColorNet()
     state = read_state(path, colornet_shapes(net))
     try:
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:
         raise WeightsError(Path(path), f"does not fit ColorNet ({str(err).splitlines()[0]})") from err
     return net.eval().to(device)
@@ -270,9 +338,16 @@ def _labels(l: Tensor, regions: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def colorize_net(net: ColorNet, features: FeatureExtractor, target_l: Tensor, reference_lab: Sequence[Tensor],
-                 masks: MaskPairs | None = None, *, work_size: int = DEFAULT_WORK_SIZE,
-                 tau: float = DEFAULT_TAU) -> Tensor:
+def colorize_net(
+    net: ColorNet,
+    features: FeatureExtractor,
+    target_l: Tensor,
+    reference_lab: Sequence[Tensor],
+    masks: MaskPairs | None = None,
+    *,
+    work_size: int = DEFAULT_WORK_SIZE,
+    tau: float = DEFAULT_TAU,
+) -> Tensor:
     """Colour a grey image with the network from one or more references (and optional mask pairs).
 
     Args:
@@ -299,17 +374,20 @@ def colorize_net(net: ColorNet, features: FeatureExtractor, target_l: Tensor, re
     labels_t = _labels(l_t, regions_t)
     refs, labels_r, mask_args = [], [], []
     k_first = 0
-    for ref, ref_pairs in zip(reference_lab, pairs):
+    for ref, ref_pairs in zip(reference_lab, pairs, strict=True):
         lab = resize(ref.to(device).float(), working_size(*ref.shape[-2:], work_size))
         rm = [resize_mask(m.to(device), tuple(lab.shape[-2:])) for _, m in ref_pairs]
         regions = region_map(torch.stack(rm)) if rm else None
         refs.append(lab)
         labels_r.append(_labels(lab[:, :1], regions))
-        tm = small_t[k_first:k_first + len(rm)]
+        tm = small_t[k_first : k_first + len(rm)]
         k_first += len(rm)
-        mask_args.append((torch.stack(tm)[None] if tm else torch.zeros(1, 0, *size_t, dtype=torch.bool, device=device),
-                          torch.stack(rm)[None] if rm else torch.zeros(1, 0, *lab.shape[-2:], dtype=torch.bool,
-                                                                        device=device)))
+        mask_args.append(
+            (
+                torch.stack(tm)[None] if tm else torch.zeros(1, 0, *size_t, dtype=torch.bool, device=device),
+                torch.stack(rm)[None] if rm else torch.zeros(1, 0, *lab.shape[-2:], dtype=torch.bool, device=device),
+            )
+        )
     matched = match_references(features, l_t, labels_t, refs, labels_r, mask_args if small_t else None, tau=tau)
     ab = net(l_t, matched)
     return guided_upsample(ab, target_l.float())

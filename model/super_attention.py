@@ -19,6 +19,7 @@ Cost: with ``N ~ 3 sqrt(n)`` superpixels for ``n`` pixels the attention map has
 ``N_t * N_r ~ 9 n`` entries, so matching is linear in the pixel count (thesis §4.5.2), and the
 encoding / unpooling are single passes over the pixels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,16 +36,16 @@ DEFAULT_TAU = 0.015  # thesis §4.6.2
 
 def _check_labels(labels: Tensor, batch: int, size: tuple[int, int]) -> None:
     if labels.dtype != torch.int64 or tuple(labels.shape) != (batch, *size):
-        raise ValueError(f"labels must be int64 of shape {(batch, *size)}, got {labels.dtype} "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(f"labels must be int64 of shape {(batch, *size)}, got {labels.dtype} {tuple(labels.shape)}")
 
 
 def _n_segments(labels: Tensor) -> int:
     return int(labels.max().clamp(min=-1)) + 1 if labels.numel() else 0
 
 
-def encode_superfeatures(features: Tensor, labels: Tensor, reduce: Reduce = "amax",
-                         n_segments: int | None = None) -> tuple[Tensor, Tensor]:
+def encode_superfeatures(
+    features: Tensor, labels: Tensor, reduce: Reduce = "amax", n_segments: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Super-features encoding (SFE; MSFE when labels are -1 outside a mask).
 
     Args:
@@ -66,7 +67,8 @@ def encode_superfeatures(features: Tensor, labels: Tensor, reduce: Reduce = "ama
     # ignored pixels (-1) go to an extra bin n that is dropped afterwards
     index = torch.where(flat >= 0, flat, n)
     counts = torch.zeros(b, n + 1, device=features.device, dtype=features.dtype).scatter_add_(
-        1, index[:, 0], torch.ones(b, h * w, device=features.device, dtype=features.dtype))
+        1, index[:, 0], torch.ones(b, h * w, device=features.device, dtype=features.dtype)
+    )
     src, index = features.reshape(b, c, h * w), index.expand(b, c, h * w)
     if reduce == "amax":
         pooled = features.new_zeros(b, c, n + 1).scatter_reduce(2, index, src, "amax", include_self=False)
@@ -104,7 +106,7 @@ def superpixel_membership(labels: Tensor, masks: Tensor, n_segments: int | None 
     Returns:
         (B, N, K) bool: at least half of superpixel i's pixels are in mask k.
     """
-    b, k, h, w = masks.shape
+    b, _k, h, w = masks.shape
     _check_labels(labels, b, (h, w))
     inside, _ = encode_superfeatures(masks.to(torch.float32), labels, "mean", n_segments)
     return (inside >= 0.5).transpose(1, 2)
@@ -161,8 +163,9 @@ def correlation(query: Tensor, key: Tensor) -> Tensor:
     return torch.einsum("bct,bcr->btr", normalise_superfeatures(query), normalise_superfeatures(key))
 
 
-def attention(scores: Tensor, tau: float | Tensor = DEFAULT_TAU, allowed: Tensor | None = None,
-              log_prior: Tensor | None = None) -> Tensor:
+def attention(
+    scores: Tensor, tau: float | Tensor = DEFAULT_TAU, allowed: Tensor | None = None, log_prior: Tensor | None = None
+) -> Tensor:
     """Row softmax of ``scores / tau`` (paper eq. 2, thesis eq. 4.3) over the allowed columns.
 
     Args:
@@ -206,11 +209,21 @@ def unpool(values: Tensor, labels: Tensor) -> Tensor:
     return (out * (flat >= 0)).reshape(b, c, h, w)
 
 
-def super_attention(f_t: Tensor, f_r: Tensor, phi_r: Tensor, labels_t: Tensor, labels_r: Tensor, *,
-                    tau: float = DEFAULT_TAU, reduce: Reduce = "amax",
-                    masks_t: Tensor | None = None, masks_r: Tensor | None = None,
-                    query: Projection | None = None, key: Projection | None = None,
-                    value: Projection | None = None) -> Tensor:
+def super_attention(
+    f_t: Tensor,
+    f_r: Tensor,
+    phi_r: Tensor,
+    labels_t: Tensor,
+    labels_r: Tensor,
+    *,
+    tau: float = DEFAULT_TAU,
+    reduce: Reduce = "amax",
+    masks_t: Tensor | None = None,
+    masks_r: Tensor | None = None,
+    query: Projection | None = None,
+    key: Projection | None = None,
+    value: Projection | None = None,
+) -> Tensor:
     """Super-attention block (paper Fig. 2, thesis eq. 5.2): reference colour features attended
     by target super-features, at target resolution.
 
@@ -240,8 +253,11 @@ def super_attention(f_t: Tensor, f_r: Tensor, phi_r: Tensor, labels_t: Tensor, l
     colour_r, _ = encode_superfeatures(phi_r, labels_r, reduce, n_segments=sf_r.shape[-1])
     allowed = valid_r[:, None, :].expand(-1, sf_t.shape[-1], -1)
     if masks_t is not None and masks_r is not None:
-        allowed = pair_mask(superpixel_membership(labels_t, masks_t, sf_t.shape[-1]),
-                            superpixel_membership(labels_r, masks_r, sf_r.shape[-1]), valid_r)
+        allowed = pair_mask(
+            superpixel_membership(labels_t, masks_t, sf_t.shape[-1]),
+            superpixel_membership(labels_r, masks_r, sf_r.shape[-1]),
+            valid_r,
+        )
     allowed = allowed & valid_t[:, :, None]
     if query is None and key is None:
         scores = correlation(sf_t, sf_r)
@@ -268,8 +284,13 @@ class SuperAttention(nn.Module):
     Forward: see :func:`super_attention`; returns (B, C', H, W).
     """
 
-    def __init__(self, tau: float = DEFAULT_TAU, reduce: Reduce = "amax", channels: int | None = None,
-                 colour_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        tau: float = DEFAULT_TAU,
+        reduce: Reduce = "amax",
+        channels: int | None = None,
+        colour_channels: int | None = None,
+    ) -> None:
         super().__init__()
         self.tau = tau
         self.reduce: Reduce = reduce
@@ -277,8 +298,27 @@ class SuperAttention(nn.Module):
         self.key = None if channels is None else nn.Conv1d(channels, channels, kernel_size=1)
         self.value = None if colour_channels is None else nn.Conv1d(colour_channels, colour_channels, 1)
 
-    def forward(self, f_t: Tensor, f_r: Tensor, phi_r: Tensor, labels_t: Tensor, labels_r: Tensor,
-                masks_t: Tensor | None = None, masks_r: Tensor | None = None) -> Tensor:
-        return super_attention(f_t, f_r, phi_r, labels_t, labels_r, tau=self.tau, reduce=self.reduce,
-                               masks_t=masks_t, masks_r=masks_r, query=self.query, key=self.key,
-                               value=self.value)
+    def forward(
+        self,
+        f_t: Tensor,
+        f_r: Tensor,
+        phi_r: Tensor,
+        labels_t: Tensor,
+        labels_r: Tensor,
+        masks_t: Tensor | None = None,
+        masks_r: Tensor | None = None,
+    ) -> Tensor:
+        return super_attention(
+            f_t,
+            f_r,
+            phi_r,
+            labels_t,
+            labels_r,
+            tau=self.tau,
+            reduce=self.reduce,
+            masks_t=masks_t,
+            masks_r=masks_r,
+            query=self.query,
+            key=self.key,
+            value=self.value,
+        )

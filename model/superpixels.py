@@ -12,6 +12,7 @@ grey image downsampled to that level's size: :func:`superpixel_pyramid` does exa
 re-run, labels are never downsampled, so no id can vanish). Thesis ch. 4 instead keeps every level
 at full resolution (max-pooling removed) and uses a single grid; ``model.transfer`` follows that.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,9 @@ def region_map(masks: Tensor) -> Tensor:
     return inverse.reshape(h, w)
 
 
-def superpixels(image: Tensor, n_segments: int | None = None, mask: Tensor | None = None,
-                method: Method = "slic") -> Tensor:
+def superpixels(
+    image: Tensor, n_segments: int | None = None, mask: Tensor | None = None, method: Method = "slic"
+) -> Tensor:
     """Superpixels of a grey image, optionally restricted to a mask or split along regions.
 
     Args:
@@ -110,7 +112,7 @@ def superpixels(image: Tensor, n_segments: int | None = None, mask: Tensor | Non
     total = int(areas.sum())
     labels = torch.full((h, w), -1, dtype=torch.int64, device=image.device)
     offset = 0
-    for region, area in zip(ids.tolist(), areas.tolist()):
+    for region, area in zip(ids.tolist(), areas.tolist(), strict=True):
         inside = regions == region
         wanted = default_n_segments(area) if n_segments is None else max(1, round(n_segments * area / total))
         local = _segment(image, wanted, inside, method)
@@ -119,8 +121,9 @@ def superpixels(image: Tensor, n_segments: int | None = None, mask: Tensor | Non
     return labels
 
 
-def superpixel_pyramid(image: Tensor, sizes: Sequence[tuple[int, int]], mask: Tensor | None = None,
-                       method: Method = "slic") -> list[Tensor]:
+def superpixel_pyramid(
+    image: Tensor, sizes: Sequence[tuple[int, int]], mask: Tensor | None = None, method: Method = "slic"
+) -> list[Tensor]:
     """One label map per feature level: superpixels re-computed on the image resized to each size.
 
     This is the multiscale grid of the paper §3.4 / thesis §5.4.2 ("downsampled versions of the
@@ -159,8 +162,15 @@ def _segment(image: Tensor, n_segments: int, inside: Tensor | None, method: Meth
         return _grid(h, w, n_segments, area, inside, image.device)
     grey = image.detach().to("cpu", torch.float64).numpy()
     np_mask = None if inside is None else inside.cpu().numpy()
-    raw = slic(grey, n_segments=n_segments, compactness=SLIC_COMPACTNESS, sigma=SLIC_SIGMA,
-               channel_axis=None, start_label=1, mask=np_mask)
+    raw = slic(
+        grey,
+        n_segments=n_segments,
+        compactness=SLIC_COMPACTNESS,
+        sigma=SLIC_SIGMA,
+        channel_axis=None,
+        start_label=1,
+        mask=np_mask,
+    )
     labels = torch.from_numpy(raw.astype(np.int64)).to(image.device) - 1  # 0 (outside) -> -1
     if inside is not None:
         labels = torch.where(inside, labels, -1)
@@ -169,8 +179,7 @@ def _segment(image: Tensor, n_segments: int, inside: Tensor | None, method: Meth
     return relabel(labels)
 
 
-def _grid(h: int, w: int, n_segments: int, area: int, inside: Tensor | None,
-          device: torch.device) -> Tensor:
+def _grid(h: int, w: int, n_segments: int, area: int, inside: Tensor | None, device: torch.device) -> Tensor:
     """Square cells of ``area / n_segments`` pixels on the image grid, cut to ``inside``."""
     side = max(1, round(math.sqrt(area / n_segments)))
     cols = math.ceil(w / side)

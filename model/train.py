@@ -29,6 +29,7 @@ validation) written every ``eval_every`` steps and at the end, ``best.pt`` and `
 the validation ab error improves. Validation: ``VAL_PAIRS`` fixed pairs from held-out photos
 (never trained on), mean |ab| error and RGB PSNR.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,7 @@ from torch import Tensor
 from model.color import lab_to_rgb, rgb_to_lab
 from model.net import ColorNet, Matched, colornet_shapes, match_references
 from model.superpixels import superpixels
+from model.weights import save_state
 
 CROPS_PER_PHOTO = 4
 CROP_SPREAD = 0.25  # windows' centres within +-25 % of the free range around the photo's centre
@@ -76,8 +78,10 @@ class TrainingImages:
     def describe(self) -> str:
         """One line for logs and the exported weights' metadata."""
         folders = sorted({str(p.parent) for p in self.photos})
-        return (f"{len(self.photos)} photos in {', '.join(folders) or '-'}; {len(self.sequences)} frame sequences; "
-                f"{len(self.val_photos)} validation photos")
+        return (
+            f"{len(self.photos)} photos in {', '.join(folders) or '-'}; {len(self.sequences)} frame sequences; "
+            f"{len(self.val_photos)} validation photos"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,11 @@ def _fit(rgb: Tensor, short: int) -> Tensor:
 
 def _windows(h: int, w: int, size: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """``count`` (y, x) top-left corners of ``size`` windows near the centre of an (h, w) image."""
+
     def pick(extent: int) -> int:
         free = extent - size
         return int(np.clip(round(free / 2 + rng.uniform(-CROP_SPREAD, CROP_SPREAD) * free), 0, free))
+
     return [(pick(h), pick(w)) for _ in range(count)]
 
 
@@ -133,8 +139,15 @@ def _window_labels(rgb: Tensor) -> Tensor:
     return superpixels(l).to(torch.int16)
 
 
-def build_bank(photos: Sequence[Path], sequences: Sequence[Sequence[Path]], read: ImageReader, size: int,
-               seed: int, max_photos: int = 0, log: Log = print) -> Bank:
+def build_bank(
+    photos: Sequence[Path],
+    sequences: Sequence[Sequence[Path]],
+    read: ImageReader,
+    size: int,
+    seed: int,
+    max_photos: int = 0,
+    log: Log = print,
+) -> Bank:
     """Cut photos / frame sequences into windows and segment them (see the module notes);
     ``max_photos`` > 0 draws that many photos at random (seeded)."""
     rng = np.random.default_rng(seed)
@@ -154,31 +167,41 @@ def build_bank(photos: Sequence[Path], sequences: Sequence[Sequence[Path]], read
 
     for path in photos:
         rgb = _fit(_read_rgb(read, path), round(size * 1.375))
-        add([rgb[:, y:y + size, x:x + size] for y, x in _windows(*rgb.shape[-2:], size, CROPS_PER_PHOTO, rng)])
+        add([rgb[:, y : y + size, x : x + size] for y, x in _windows(*rgb.shape[-2:], size, CROPS_PER_PHOTO, rng)])
     for frames in sequences:
         for i in range(0, max(0, len(frames) - 1), FRAME_GAP):
             j = min(len(frames) - 1, i + int(rng.integers(1, FRAME_GAP + 1)))
             a, b = (_fit(_read_rgb(read, frames[k]), round(size * 1.375)) for k in (i, j))
-            (y, x), = _windows(*a.shape[-2:], size, 1, rng)
-            add([a[:, y:y + size, x:x + size], b[:, y:y + size, x:x + size]])
+            ((y, x),) = _windows(*a.shape[-2:], size, 1, rng)
+            add([a[:, y : y + size, x : x + size], b[:, y : y + size, x : x + size]])
     if not groups:
         raise ValueError("no training images found")
-    log(f"bank: {len(rgbs)} windows of {size}px from {len(photos)} photos and {len(sequences)} sequences "
-        f"({time.perf_counter() - start:.0f} s)")
+    log(
+        f"bank: {len(rgbs)} windows of {size}px from {len(photos)} photos and {len(sequences)} sequences "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return Bank(torch.stack(rgbs), torch.stack(labels), groups)
 
 
-def random_warp_grid(batch: int, size: int, affine: tuple[float, float, float], tps_scale: float,
-                     generator: torch.Generator) -> Tensor:
+def random_warp_grid(
+    batch: int, size: int, affine: tuple[float, float, float], tps_scale: float, generator: torch.Generator
+) -> Tensor:
     """Sampling grids (B, S, S, 2) in [-1, 1] (x, y): random rotation/scale/translation composed with a
     thin-plate spline moving a 3x3 lattice of control points by up to ``tps_scale`` (grid units)."""
+
     def u(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=generator) * 2 - 1
+
     deg, shift, scale = affine
     angle = u(batch) * math.radians(deg)
     s = 1 + u(batch) * scale
-    theta = torch.stack([torch.stack([s * angle.cos(), -s * angle.sin(), u(batch) * shift * 2], 1),
-                         torch.stack([s * angle.sin(), s * angle.cos(), u(batch) * shift * 2], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([s * angle.cos(), -s * angle.sin(), u(batch) * shift * 2], 1),
+            torch.stack([s * angle.sin(), s * angle.cos(), u(batch) * shift * 2], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
     lattice = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3), indexing="xy"), -1)
     src = lattice.reshape(1, 9, 2).expand(batch, 9, 2)
@@ -187,8 +210,9 @@ def random_warp_grid(batch: int, size: int, affine: tuple[float, float, float], 
     return warp_points_tps(grid.reshape(batch, -1, 2), dst, kernel, affine_w).reshape(batch, size, size, 2)
 
 
-def sample_batch(bank: Bank, config: TrainConfig, generator: torch.Generator,
-                 groups: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sample_batch(
+    bank: Bank, config: TrainConfig, generator: torch.Generator, groups: Sequence[int] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One batch of (target, reference) pairs (augmented self-reference): ``config.batch`` random
     groups, or the given ``groups`` (indices into ``bank.groups``).
 
@@ -211,8 +235,12 @@ def sample_batch(bank: Bank, config: TrainConfig, generator: torch.Generator,
     ref = bank.rgb[ri].float() / 255.0
     grid = random_warp_grid(len(ri), s, config.affine, config.tps_scale, generator)
     ref = F.grid_sample(ref, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    labels_r = F.grid_sample(bank.labels[ri].float()[:, None] + 1, grid, mode="nearest", padding_mode="zeros",
-                             align_corners=False)[:, 0].long() - 1
+    labels_r = (
+        F.grid_sample(
+            bank.labels[ri].float()[:, None] + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )[:, 0].long()
+        - 1
+    )
     # ColorJitter draws from torch's global RNG: seed it from the step's generator
     torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
     ref = ColorJitter(*config.jitter, p=0.8)(ref).clamp(0, 1)
@@ -255,8 +283,9 @@ def losses(pred_ab: Tensor, target_lab: Tensor, lpips: Callable[[Tensor, Tensor]
     return {"ab": ab, "lpips": perceptual, "total": LAMBDA_AB * ab + LAMBDA_LPIPS * perceptual}
 
 
-def forward(net: ColorNet, features: Callable, target_lab: Tensor, labels_t: Tensor, ref_lab: Tensor,
-            labels_r: Tensor) -> tuple[Tensor, Matched]:
+def forward(
+    net: ColorNet, features: Callable, target_lab: Tensor, labels_t: Tensor, ref_lab: Tensor, labels_r: Tensor
+) -> tuple[Tensor, Matched]:
     """Matching (no gradient) then the network: predicted ab (B, 2, S, S) and the matching."""
     matched = match_references(features, target_lab[:, :1], labels_t, [ref_lab], [labels_r])
     return net(target_lab[:, :1], matched), matched
@@ -283,8 +312,12 @@ def evaluate(net: ColorNet, features: Callable, batches: Sequence[tuple[Tensor, 
         psnr.append(psnr_rgb(pred, target))
         psnr0.append(psnr_rgb(matched.ab, target))
     net.train(was_training)
-    return {"ab_error": float(torch.cat(err).mean()), "psnr": float(torch.cat(psnr).mean()),
-            "attention_ab_error": float(torch.cat(err0).mean()), "attention_psnr": float(torch.cat(psnr0).mean())}
+    return {
+        "ab_error": float(torch.cat(err).mean()),
+        "psnr": float(torch.cat(psnr).mean()),
+        "attention_ab_error": float(torch.cat(err0).mean()),
+        "attention_psnr": float(torch.cat(psnr0).mean()),
+    }
 
 
 def _rng_state() -> dict:
@@ -306,10 +339,7 @@ def export_weights(net: ColorNet, dest: Path, meta: dict) -> None:
 
 def _save(obj: dict, dest: Path) -> None:
     """``torch.save`` to ``dest`` atomically (never a half-written checkpoint)."""
-    from pipeline.files import atomic_output
-
-    with atomic_output(dest, force=True) as tmp:
-        torch.save(obj, tmp)
+    save_state(obj, dest)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -320,8 +350,15 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(config: TrainConfig, images: TrainingImages, out: Path, *, resume: bool = False,
-          device: torch.device | str = "cpu", log: Log = print) -> dict:
+def train(
+    config: TrainConfig,
+    images: TrainingImages,
+    out: Path,
+    *,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    log: Log = print,
+) -> dict:
     """Train (or resume) on ``images`` into ``out``; returns the last validation scores and the step reached.
 
     Raises ``ValueError`` for an unusable configuration (no images, a resume without checkpoint).
@@ -339,24 +376,35 @@ def train(config: TrainConfig, images: TrainingImages, out: Path, *, resume: boo
     random.seed(config.seed)
 
     bank_path = out / "bank.pt"
-    key = {"photos": list(map(str, images.photos)), "sequences": [list(map(str, q)) for q in images.sequences],
-           "size": config.size, "seed": config.seed, "max_photos": config.max_photos}
+    key = {
+        "photos": list(map(str, images.photos)),
+        "sequences": [list(map(str, q)) for q in images.sequences],
+        "size": config.size,
+        "seed": config.seed,
+        "max_photos": config.max_photos,
+    }
     cached = torch.load(bank_path, weights_only=False) if bank_path.is_file() else None
     if cached is not None and cached["key"] == key:
         bank = Bank(cached["rgb"], cached["labels"], cached["groups"])
         log(f"bank: {len(bank.rgb)} cached windows ({bank_path})")
     else:
-        bank = build_bank(images.photos, images.sequences, images.read, config.size, config.seed,
-                          config.max_photos, log)
+        bank = build_bank(
+            images.photos, images.sequences, images.read, config.size, config.seed, config.max_photos, log
+        )
         _save({"key": key, "rgb": bank.rgb, "labels": bank.labels, "groups": bank.groups}, bank_path)
-    val_bank = (build_bank(images.val_photos, (), images.read, config.size, config.seed + 1, 0, log)
-                if images.val_photos else bank)
+    val_bank = (
+        build_bank(images.val_photos, (), images.read, config.size, config.seed + 1, 0, log)
+        if images.val_photos
+        else bank
+    )
     val_gen = torch.Generator().manual_seed(config.seed + 12345)
     n_val = min(VAL_PAIRS, len(val_bank.groups))
     val_groups = torch.randperm(len(val_bank.groups), generator=val_gen)[:n_val].tolist()
     val_cfg = TrainConfig(**{**asdict(config), "batch": min(config.batch, n_val)})
-    val = [tuple(t.to(device) for t in sample_batch(val_bank, val_cfg, val_gen, val_groups[i:i + val_cfg.batch]))
-           for i in range(0, n_val, val_cfg.batch)]
+    val = [
+        tuple(t.to(device) for t in sample_batch(val_bank, val_cfg, val_gen, val_groups[i : i + val_cfg.batch]))
+        for i in range(0, n_val, val_cfg.batch)
+    ]
 
     features = load_vgg16(device=device)
     lpips = PerceptualLoss(features)
@@ -391,23 +439,41 @@ def train(config: TrainConfig, images: TrainingImages, out: Path, *, resume: boo
         seen += config.batch
         if step % 10 == 0 or step == config.steps:
             rate = seen / (time.perf_counter() - t0)
-            log(f"step {step}/{config.steps} loss {parts['total'].item():.4f} (ab {parts['ab'].item():.4f} "
-                f"lpips {parts['lpips'].item():.4f}) lr {lr_at(step - 1, config):.2e} {rate:.1f} img/s")
+            log(
+                f"step {step}/{config.steps} loss {parts['total'].item():.4f} (ab {parts['ab'].item():.4f} "
+                f"lpips {parts['lpips'].item():.4f}) lr {lr_at(step - 1, config):.2e} {rate:.1f} img/s"
+            )
         if step % config.eval_every == 0 or step == config.steps:
             scores = evaluate(net, features, val)
             improved = scores["ab_error"] < best["ab_error"]
             if improved:
                 best = {**scores, "step": step}
-                meta = {"step": step, "val_ab_error": scores["ab_error"], "val_psnr": scores["psnr"],
-                        "config": repr(asdict(config)), "data": images.describe()}
+                meta = {
+                    "step": step,
+                    "val_ab_error": scores["ab_error"],
+                    "val_psnr": scores["psnr"],
+                    "config": repr(asdict(config)),
+                    "data": images.describe(),
+                }
                 _save({"model": net.state_dict(), "step": step, "scores": scores}, out / "best.pt")
                 export_weights(net, out / "colornet.pt", meta)
             log(f"step {step} validation: {_fmt(scores)}{' (best)' if improved else ''}")
-            _save({"model": net.state_dict(), "optimizer": optimiser.state_dict(), "step": step, "best": best,
-                   "rng": _rng_state(), "config": asdict(config)}, last_path)
+            _save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimiser.state_dict(),
+                    "step": step,
+                    "best": best,
+                    "rng": _rng_state(),
+                    "config": asdict(config),
+                },
+                last_path,
+            )
     return {"step": step, "last": scores, "best": best}
 
 
 def _fmt(scores: dict[str, float]) -> str:
-    return (f"ab error {scores['ab_error']:.2f} (attention only {scores['attention_ab_error']:.2f}), "
-            f"PSNR {scores['psnr']:.2f} dB (attention only {scores['attention_psnr']:.2f} dB)")
+    return (
+        f"ab error {scores['ab_error']:.2f} (attention only {scores['attention_ab_error']:.2f}), "
+        f"PSNR {scores['psnr']:.2f} dB (attention only {scores['attention_psnr']:.2f} dB)"
+    )

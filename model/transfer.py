@@ -69,6 +69,7 @@ Deviations from the thesis (ch. 4 transfers between two colour images):
   sequence onto frames 20, 32, ... of the same sequence (128 px, no regrain, mean ab squared error):
   105.8 without, 97.6 / 97.3 / 102.2 with sigma 0.15 / 0.3 / 0.6.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,15 @@ from kornia.filters import gaussian_blur2d, guided_blur
 from torch import Tensor, nn
 
 from model.color import grey_rgb, lab_to_rgb, rgb_to_lab
-from model.super_attention import (DEFAULT_TAU, Reduce, attention, correlation, encode_superfeatures,
-                                   pair_mask, superpixel_membership)
+from model.super_attention import (
+    DEFAULT_TAU,
+    Reduce,
+    attention,
+    correlation,
+    encode_superfeatures,
+    pair_mask,
+    superpixel_membership,
+)
 from model.superpixels import region_map, superpixels
 
 FeatureExtractor = Callable[[Tensor], Mapping[str, Tensor]]
@@ -146,14 +154,17 @@ def lightness_log_prior(mean_t: Tensor, mean_r: Tensor, sigma: float) -> Tensor:
     Returns:
         (N_t, N_r) ``-(mean_t[i] - mean_r[j])^2 / (2 sigma^2)``.
     """
-    return -(mean_t[:, None] - mean_r[None, :]) ** 2 / (2.0 * sigma**2)
+    return -((mean_t[:, None] - mean_r[None, :]) ** 2) / (2.0 * sigma**2)
 
 
 def superpixel_centroids(labels: Tensor) -> Tensor:
     """(h, w) int64 labels ``0..N-1`` -> (N, 2) float32 centroids (y, x) in px."""
     h, w = labels.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=labels.device, dtype=torch.float32),
-                            torch.arange(w, device=labels.device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=labels.device, dtype=torch.float32),
+        torch.arange(w, device=labels.device, dtype=torch.float32),
+        indexing="ij",
+    )
     return encode_superfeatures(torch.stack([ys, xs])[None], labels[None], "mean")[0][0].T
 
 
@@ -173,7 +184,7 @@ def position_log_prior(places_t: Tensor, places_r: Tensor, sigma: float) -> Tens
     Returns:
         (N_t, N_r) ``-|places_t[i] - places_r[j]|^2 / (2 sigma^2)``.
     """
-    return -torch.cdist(places_t, places_r) ** 2 / (2.0 * sigma**2)
+    return -(torch.cdist(places_t, places_r) ** 2) / (2.0 * sigma**2)
 
 
 def object_coordinates(points: Tensor, mask: Tensor) -> Tensor:
@@ -195,8 +206,9 @@ def object_coordinates(points: Tensor, mask: Tensor) -> Tensor:
     return (points - pixels.mean(0)) / pixels.std(0, unbiased=False).clamp(min=1.0)
 
 
-def object_position_log_prior(member_t: Tensor, member_r: Tensor, coords_t: Tensor, coords_r: Tensor,
-                              sigma: float) -> Tensor:
+def object_position_log_prior(
+    member_t: Tensor, member_r: Tensor, coords_t: Tensor, coords_r: Tensor, sigma: float
+) -> Tensor:
     """Log of a Gaussian prior on matching superpixels at similar positions in paired objects.
 
     For target superpixel i and reference superpixel j both in mask pair k, the prior is
@@ -214,7 +226,7 @@ def object_position_log_prior(member_t: Tensor, member_r: Tensor, coords_t: Tens
         (N_t, N_r) float, <= 0.
     """
     shared = member_t.T[:, :, None] & member_r.T[:, None, :]  # (K, N_t, N_r)
-    log = -torch.cdist(coords_t, coords_r) ** 2 / (2.0 * sigma**2)
+    log = -(torch.cdist(coords_t, coords_r) ** 2) / (2.0 * sigma**2)
     best = torch.where(shared, log, float("-inf")).amax(dim=0)
     return torch.where(shared.any(dim=0), best, 0.0)
 
@@ -244,8 +256,7 @@ def _push_pull(weighted: Tensor, weight: Tensor) -> Tensor:
     return weight * mean + (1 - weight) * up
 
 
-def per_region(op: Callable[[Tensor], Tensor], x: Tensor, regions: Tensor,
-               out_regions: Tensor | None = None) -> Tensor:
+def per_region(op: Callable[[Tensor], Tensor], x: Tensor, regions: Tensor, out_regions: Tensor | None = None) -> Tensor:
     """Apply ``op`` to each region alone, so that no value crosses a region border.
 
     For each region r, ``op`` sees ``x`` inside r and :func:`extend_region`'s extension of it
@@ -288,9 +299,15 @@ def superfeature_levels(features: FeatureExtractor, l: Tensor, labels: Tensor, r
     size = tuple(l.shape[-2:])
     n = int(labels.max()) + 1
     maps = features(grey_rgb(l))
-    return [encode_superfeatures(F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                                 if tuple(f.shape[-2:]) != size else f, labels[None], reduce, n)[0]
-            for f in maps.values()]
+    return [
+        encode_superfeatures(
+            F.interpolate(f, size=size, mode="bilinear", align_corners=False) if tuple(f.shape[-2:]) != size else f,
+            labels[None],
+            reduce,
+            n,
+        )[0]
+        for f in maps.values()
+    ]
 
 
 def superpixel_statistics(l: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -307,14 +324,21 @@ def superpixel_statistics(l: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Te
     h, w = l.shape
     # float64: E[x^2] - E[x]^2 with x up to ~10^3 px loses too many digits in float32
     grey = l.double()
-    ys, xs = torch.meshgrid(torch.arange(h, device=l.device, dtype=grey.dtype),
-                            torch.arange(w, device=l.device, dtype=grey.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=l.device, dtype=grey.dtype),
+        torch.arange(w, device=l.device, dtype=grey.dtype),
+        indexing="ij",
+    )
     stack = torch.stack([ys, xs, ys * ys, ys * xs, xs * xs, grey, grey * grey])[None]
     moments, _ = encode_superfeatures(stack, labels[None], "mean")
     my, mx, myy, myx, mxx, ml, mll = moments[0]
     eye = torch.eye(2, device=l.device, dtype=grey.dtype)
-    cov = torch.stack([torch.stack([myy - my * my, myx - my * mx], -1),
-                       torch.stack([myx - my * mx, mxx - mx * mx], -1)], -2) + SPATIAL_VARIANCE_FLOOR * eye
+    cov = (
+        torch.stack(
+            [torch.stack([myy - my * my, myx - my * mx], -1), torch.stack([myx - my * mx, mxx - mx * mx], -1)], -2
+        )
+        + SPATIAL_VARIANCE_FLOOR * eye
+    )
     var_l = (mll - ml * ml).clamp(min=0) + L_VARIANCE_FLOOR
     stats = (torch.stack([my, mx], -1), torch.linalg.inv(cov), ml, var_l)
     return tuple(t.to(l.dtype) for t in stats)  # type: ignore[return-value]
@@ -342,8 +366,16 @@ def neighbour_superpixels(centroids: Tensor, radius: float, regions: Tensor | No
     return torch.where(near.gather(1, order), order, -1)
 
 
-def colour_fusion(l: Tensor, labels: Tensor, colours: Tensor, *, delta_s: float = 10.0,
-                  delta_c: float = 0.1, fusion_radius: float = 1.5, regions: Tensor | None = None) -> Tensor:
+def colour_fusion(
+    l: Tensor,
+    labels: Tensor,
+    colours: Tensor,
+    *,
+    delta_s: float = 10.0,
+    delta_c: float = 0.1,
+    fusion_radius: float = 1.5,
+    regions: Tensor | None = None,
+) -> Tensor:
     """Per-pixel colour fusion of thesis eqs. 4.6-4.9 for a grey target.
 
     T(p) = sum_j W(p,j) R(j) / sum_j W(p,j) with W(p,j) = sum_i d(p,i) A(i,j). Since the rows of A
@@ -370,8 +402,9 @@ def colour_fusion(l: Tensor, labels: Tensor, colours: Tensor, *, delta_s: float 
     centroids, inv_cov, mean_l, var_l = superpixel_statistics(l, labels)
     spacing = math.sqrt(h * w / n)
     neighbours = neighbour_superpixels(centroids, fusion_radius * spacing, regions)
-    ys, xs = torch.meshgrid(torch.arange(h, device=l.device, dtype=l.dtype),
-                            torch.arange(w, device=l.device, dtype=l.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=l.device, dtype=l.dtype), torch.arange(w, device=l.device, dtype=l.dtype), indexing="ij"
+    )
     coords = torch.stack([ys, xs], -1).reshape(-1, 2)
     flat_l, flat_labels = l.reshape(-1), labels.reshape(-1)
     chunks = []
@@ -380,8 +413,8 @@ def colour_fusion(l: Tensor, labels: Tensor, colours: Tensor, *, delta_s: float 
         cand = neighbours[flat_labels[part]]  # (m, K)
         idx = cand.clamp(min=0)
         dxy = coords[part, None, :] - centroids[idx]  # (m, K, 2)
-        spatial = torch.einsum("mki,mkij,mkj->mk", dxy, inv_cov[idx], dxy) / delta_s ** 2
-        colour = (flat_l[part, None] - mean_l[idx]) ** 2 / (delta_c ** 2 * var_l[idx])
+        spatial = torch.einsum("mki,mkij,mkj->mk", dxy, inv_cov[idx], dxy) / delta_s**2
+        colour = (flat_l[part, None] - mean_l[idx]) ** 2 / (delta_c**2 * var_l[idx])
         weights = (-(spatial + colour)).masked_fill(cand < 0, float("-inf")).softmax(dim=1)
         chunks.append(torch.einsum("mk,mkc->mc", weights, colours[idx]))
     return torch.cat(chunks).T.reshape(2, h, w)
@@ -424,15 +457,18 @@ def regrain_ab(l: Tensor, ab: Tensor) -> Tensor:
     return rgb_to_lab(regrain(grey_rgb(l), graded).clamp(0, 1))[:, 1:]
 
 
-def _regrain_level(result: Tensor, original: Tensor, graded: Tensor, iterations: tuple[int, ...],
-                   coarsest: int) -> Tensor:
+def _regrain_level(
+    result: Tensor, original: Tensor, graded: Tensor, iterations: tuple[int, ...], coarsest: int
+) -> Tensor:
     h, w = original.shape[-2:]
     half = (math.ceil(h / 2), math.ceil(w / 2))
     if len(iterations) > 1 and min(half) > 20:
-        coarse = _regrain_level(resize(result, half), resize(original, half), resize(graded, half),
-                                iterations[1:], coarsest)
-        return _regrain_solve(F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False),
-                              original, graded, iterations[0])
+        coarse = _regrain_level(
+            resize(result, half), resize(original, half), resize(graded, half), iterations[1:], coarsest
+        )
+        return _regrain_solve(
+            F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False), original, graded, iterations[0]
+        )
     # regrain.m starts the coarsest level from the original and gives it 128 iterations on images
     # of ~1000 px, but only 4 on small ones. Where the original is flat (psi ~ 0) Jacobi hardly
     # moves from its start, so starting from the original loses the colours (measured: mean
@@ -456,10 +492,10 @@ def _regrain_solve(result: Tensor, original: Tensor, graded: Tensor, n_iter: int
     phis = [(nb + phi) / 2 for nb in _four_neighbours(phi)]
     den = psi + sum(phis) + 1e-12
     # the terms that do not change between iterations
-    const = psi * graded + sum(p * (original - nb) for p, nb in zip(phis, _four_neighbours(original)))
+    const = psi * graded + sum(p * (original - nb) for p, nb in zip(phis, _four_neighbours(original), strict=True))
     rho = 0.2
     for _ in range(n_iter):
-        num = const + sum(p * nb for p, nb in zip(phis, _four_neighbours(result)))
+        num = const + sum(p * nb for p, nb in zip(phis, _four_neighbours(result), strict=True))
         result = num / den * (1 - rho) + rho * result
     return result
 
@@ -506,8 +542,14 @@ class EncodedReference:
     reduce: Reduce
 
 
-def encode_reference(reference_lab: Tensor, features: FeatureExtractor, reference_masks: Sequence[Tensor] = (), *,
-                     work_size: int = DEFAULT_WORK_SIZE, reduce: Reduce = "amax") -> EncodedReference:
+def encode_reference(
+    reference_lab: Tensor,
+    features: FeatureExtractor,
+    reference_masks: Sequence[Tensor] = (),
+    *,
+    work_size: int = DEFAULT_WORK_SIZE,
+    reduce: Reduce = "amax",
+) -> EncodedReference:
     """Steps 1-3 of :func:`transfer_colour` on the reference side.
 
     Args:
@@ -521,8 +563,15 @@ def encode_reference(reference_lab: Tensor, features: FeatureExtractor, referenc
     lab = resize(reference_lab.float(), working_size(*reference_lab.shape[-2:], work_size))
     masks = [resize_mask(m.to(lab.device), tuple(lab.shape[-2:])) for m in reference_masks]
     labels = _segment(lab[:, :1], region_map(torch.stack(masks)) if masks else None)
-    return EncodedReference(lab, labels, superfeature_levels(features, lab[:, :1], labels, reduce),
-                            encode_superfeatures(lab[:, 1:], labels[None], "mean")[0], masks, work_size, reduce)
+    return EncodedReference(
+        lab,
+        labels,
+        superfeature_levels(features, lab[:, :1], labels, reduce),
+        encode_superfeatures(lab[:, 1:], labels[None], "mean")[0],
+        masks,
+        work_size,
+        reduce,
+    )
 
 
 @torch.no_grad()
@@ -537,12 +586,21 @@ def check_exemplar_inputs(target_l: Tensor, reference_lab: Sequence[Tensor], mas
         raise ValueError(f"masks has {len(masks)} lists for {len(reference_lab)} references")
 
 
-def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor | EncodedReference],
-                    masks: MaskPairs | None = None, *,
-                    features: FeatureExtractor | None = None, tau: float = DEFAULT_TAU,
-                    delta_s: float = 10.0, delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE,
-                    reduce: Reduce = "amax", fusion_radius: float = 1.5, regrain_output: bool = True,
-                    position_sigma: float | None = None) -> Tensor:
+def transfer_colour(
+    target_l: Tensor,
+    reference_lab: Sequence[Tensor | EncodedReference],
+    masks: MaskPairs | None = None,
+    *,
+    features: FeatureExtractor | None = None,
+    tau: float = DEFAULT_TAU,
+    delta_s: float = 10.0,
+    delta_c: float = 0.1,
+    work_size: int = DEFAULT_WORK_SIZE,
+    reduce: Reduce = "amax",
+    fusion_radius: float = 1.5,
+    regrain_output: bool = True,
+    position_sigma: float | None = None,
+) -> Tensor:
     """Colour a grey image from colour references (thesis ch. 4; see the module notes).
 
     Args:
@@ -571,20 +629,25 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor | EncodedRe
     check_exemplar_inputs(target_l, [r.lab if isinstance(r, EncodedReference) else r for r in reference_lab], masks)
     if features is None:
         from model.features import load_vgg16  # lazy: the weights are only read when needed
+
         features = load_vgg16(device=target_l.device)
     device = target_l.device
     pairs = [list(p) for p in masks] if masks is not None else [[] for _ in reference_lab]
-    for r, (ref, ref_pairs) in enumerate(zip(reference_lab, pairs)):
+    for r, (ref, ref_pairs) in enumerate(zip(reference_lab, pairs, strict=True)):
         if isinstance(ref, EncodedReference):
             if ref_pairs or ref.masks or ref.work_size != work_size or ref.reduce != reduce:
-                raise ValueError(f"reference {r}: an encoded reference takes no masks and must match "
-                                 "work_size and reduce (pass a reference with masks as a tensor)")
+                raise ValueError(
+                    f"reference {r}: an encoded reference takes no masks and must match "
+                    "work_size and reduce (pass a reference with masks as a tensor)"
+                )
             continue
         for tm, rm in ref_pairs:
             if tm.shape != target_l.shape[-2:] or rm.shape != ref.shape[-2:]:
-                raise ValueError(f"mask pair of reference {r}: sizes {tuple(tm.shape)}, {tuple(rm.shape)} "
-                                 f"do not match target {tuple(target_l.shape[-2:])} and reference "
-                                 f"{tuple(ref.shape[-2:])}")
+                raise ValueError(
+                    f"mask pair of reference {r}: sizes {tuple(tm.shape)}, {tuple(rm.shape)} "
+                    f"do not match target {tuple(target_l.shape[-2:])} and reference "
+                    f"{tuple(ref.shape[-2:])}"
+                )
 
     # 1-2. working resolution and superpixels
     size_t = working_size(*target_l.shape[-2:], work_size)
@@ -600,26 +663,42 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor | EncodedRe
     levels_r: list[list[Tensor]] = []
     colours_r, member_r, lightness_r, coords_r, places_r = [], [], [], [], []
     k_total, first = len(target_masks), 0
-    for ref, ref_pairs in zip(reference_lab, pairs):
-        encoded = ref if isinstance(ref, EncodedReference) else encode_reference(
-            ref.to(device), features, [rm for _, rm in ref_pairs], work_size=work_size, reduce=reduce)
+    for ref, ref_pairs in zip(reference_lab, pairs, strict=True):
+        encoded = (
+            ref
+            if isinstance(ref, EncodedReference)
+            else encode_reference(
+                ref.to(device), features, [rm for _, rm in ref_pairs], work_size=work_size, reduce=reduce
+            )
+        )
         lab, labels, ref_masks = encoded.lab, encoded.labels, encoded.masks
         levels_r.append(encoded.levels)
         colours_r.append(encoded.colours)
-        lightness_r.append(encode_superfeatures(remap_lightness(lab[:, :1], lab[:, :1], l_t), labels[None],
-                                                "mean")[0][0, 0])
+        lightness_r.append(
+            encode_superfeatures(remap_lightness(lab[:, :1], lab[:, :1], l_t), labels[None], "mean")[0][0, 0]
+        )
         # membership in this reference's masks, placed in its columns of the K mask pairs
         member = torch.zeros(1, int(labels.max()) + 1, k_total, dtype=torch.bool, device=device)
         if ref_masks:
-            member[..., first:first + len(ref_masks)] = superpixel_membership(
-                labels[None], torch.stack(ref_masks)[None], member.shape[1])
+            member[..., first : first + len(ref_masks)] = superpixel_membership(
+                labels[None], torch.stack(ref_masks)[None], member.shape[1]
+            )
         member_r.append(member)
         centroids = superpixel_centroids(labels)
         places_r.append(image_position(centroids, labels.shape))
         # this reference's superpixels in the frame of every mask pair (only its own pairs matter)
-        coords_r.append(torch.stack([object_coordinates(centroids, ref_masks[k - first])
-                                     if first <= k < first + len(ref_masks) else torch.zeros_like(centroids)
-                                     for k in range(k_total)]) if k_total else None)
+        coords_r.append(
+            torch.stack(
+                [
+                    object_coordinates(centroids, ref_masks[k - first])
+                    if first <= k < first + len(ref_masks)
+                    else torch.zeros_like(centroids)
+                    for k in range(k_total)
+                ]
+            )
+            if k_total
+            else None
+        )
         first += len(ref_masks)
     colours = torch.cat(colours_r, dim=2)  # (1, 2, N_r)
 
@@ -639,19 +718,35 @@ def transfer_colour(target_l: Tensor, reference_lab: Sequence[Tensor | EncodedRe
         temperature = torch.where(restricted, tau * MASK_TAU_SCALE, temperature)
         centroids_t = superpixel_centroids(labels_t)
         coords_t = torch.stack([object_coordinates(centroids_t, tm) for tm in target_masks])
-        prior = prior + object_position_log_prior(member_t[0], members[0], coords_t, torch.cat(coords_r, dim=1),
-                                                  OBJECT_POSITION_SIGMA)[None]
-    attn = torch.stack([attention(correlation(f_t, torch.cat(f_r, dim=2)), temperature, allowed, prior)
-                        for f_t, *f_r in zip(levels_t, *levels_r)]).mean(dim=0)
+        prior = (
+            prior
+            + object_position_log_prior(
+                member_t[0], members[0], coords_t, torch.cat(coords_r, dim=1), OBJECT_POSITION_SIGMA
+            )[None]
+        )
+    attn = torch.stack(
+        [
+            attention(correlation(f_t, torch.cat(f_r, dim=2)), temperature, allowed, prior)
+            for f_t, *f_r in zip(levels_t, *levels_r, strict=True)
+        ]
+    ).mean(dim=0)
     attended = torch.einsum("btr,bcr->btc", attn, colours)[0]  # (N_t, 2)
 
     # 5. colour fusion, within each mask region
     region_of_sp = None
     if regions_t is not None:
         region_of_sp = torch.zeros(n_t, dtype=torch.int64, device=device).scatter_(
-            0, labels_t.reshape(-1), regions_t.reshape(-1))
-    ab = colour_fusion(l_t[0, 0], labels_t, attended, delta_s=delta_s, delta_c=delta_c,
-                       fusion_radius=fusion_radius, regions=region_of_sp)[None]
+            0, labels_t.reshape(-1), regions_t.reshape(-1)
+        )
+    ab = colour_fusion(
+        l_t[0, 0],
+        labels_t,
+        attended,
+        delta_s=delta_s,
+        delta_c=delta_c,
+        fusion_radius=fusion_radius,
+        regions=region_of_sp,
+    )[None]
 
     # 6-7. regrain in sRGB against the grey target, then back to full resolution guided by the
     # full-resolution L; with masks each region alone, so no colour crosses a mask border
@@ -672,7 +767,7 @@ def _region_maps(masks: list[Tensor], full_masks: list[Tensor]) -> tuple[Tensor 
     k = len(masks)
     small, full = torch.stack(masks).reshape(k, 1, -1), torch.stack(full_masks).reshape(k, 1, -1)
     both = region_map(torch.cat([small, full], dim=2))[0]
-    return both[:small.shape[2]].reshape(masks[0].shape), both[small.shape[2]:].reshape(full_masks[0].shape)
+    return both[: small.shape[2]].reshape(masks[0].shape), both[small.shape[2] :].reshape(full_masks[0].shape)
 
 
 class ColourTransfer(nn.Module):
@@ -687,18 +782,35 @@ class ColourTransfer(nn.Module):
     ab (1, 2, H, W).
     """
 
-    def __init__(self, features: nn.Module | None = None, *, tau: float = DEFAULT_TAU, delta_s: float = 10.0,
-                 delta_c: float = 0.1, work_size: int = DEFAULT_WORK_SIZE, reduce: Reduce = "amax",
-                 fusion_radius: float = 1.5, regrain_output: bool = True,
-                 position_sigma: float | None = None) -> None:
+    def __init__(
+        self,
+        features: nn.Module | None = None,
+        *,
+        tau: float = DEFAULT_TAU,
+        delta_s: float = 10.0,
+        delta_c: float = 0.1,
+        work_size: int = DEFAULT_WORK_SIZE,
+        reduce: Reduce = "amax",
+        fusion_radius: float = 1.5,
+        regrain_output: bool = True,
+        position_sigma: float | None = None,
+    ) -> None:
         super().__init__()
         if features is None:
             from model.features import load_vgg16
+
             features = load_vgg16()
         self.features = features
-        self.options = dict(tau=tau, delta_s=delta_s, delta_c=delta_c, work_size=work_size, reduce=reduce,
-                            fusion_radius=fusion_radius, regrain_output=regrain_output,
-                            position_sigma=position_sigma)
+        self.options = {
+            "tau": tau,
+            "delta_s": delta_s,
+            "delta_c": delta_c,
+            "work_size": work_size,
+            "reduce": reduce,
+            "fusion_radius": fusion_radius,
+            "regrain_output": regrain_output,
+            "position_sigma": position_sigma,
+        }
 
     def forward(self, target_l: Tensor, reference_lab: Sequence[Tensor], masks: MaskPairs | None = None) -> Tensor:
         return transfer_colour(target_l, reference_lab, masks, features=self.features, **self.options)

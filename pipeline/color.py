@@ -9,7 +9,12 @@ range uses 0..2**bit_depth - 1.
 Colorization never alters the archive's detail: the output luma is the source's luma codes
 (only shifted when the output has another bit depth); colorizers only supply chroma, see
 :func:`chroma_from_rgb` and :func:`merge_luma_chroma`.
+
+CIE Lab for numpy arrays (:func:`lab_from_rgb`, :func:`lightness_from_grey`, :func:`rgb_from_lab`)
+goes through ``model.color``, the one Lab implementation: L in [0, 100], ab in CIE units, planes
+first ((3, H, W) Lab, (2, H, W) ab).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -51,7 +56,7 @@ def luma_levels(bit_depth: int, color_range: Range) -> tuple[float, float]:
     """(black code, white - black) of luma at this depth and range."""
     _check_depth(bit_depth)
     if color_range == "pc":
-        return 0.0, float(2 ** bit_depth - 1)
+        return 0.0, float(2**bit_depth - 1)
     unit = 2 ** (bit_depth - 8)
     return 16.0 * unit, 219.0 * unit
 
@@ -60,13 +65,13 @@ def chroma_levels(bit_depth: int, color_range: Range) -> tuple[float, float]:
     """(neutral code, code span of Cb/Cr from -0.5 to 0.5) at this depth and range."""
     _check_depth(bit_depth)
     if color_range == "pc":
-        return float(2 ** (bit_depth - 1)), float(2 ** bit_depth - 1)
+        return float(2 ** (bit_depth - 1)), float(2**bit_depth - 1)
     unit = 2 ** (bit_depth - 8)
     return 128.0 * unit, 224.0 * unit
 
 
 def _quantise(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 2 ** bit_depth - 1).astype(code_dtype(bit_depth))
+    return np.clip(np.rint(values), 0, 2**bit_depth - 1).astype(code_dtype(bit_depth))
 
 
 def codes_to_luma(codes: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
@@ -90,8 +95,7 @@ def codes_to_chroma(codes: np.ndarray, bit_depth: int, color_range: Range) -> np
 def chroma_to_codes(chroma: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
     """(2, H, W) float Cb, Cr in [-0.5, 0.5] -> integer codes (uint8 / uint16)."""
     neutral, span = chroma_levels(bit_depth, color_range)
-    return _quantise(neutral + np.clip(np.asarray(chroma, dtype=np.float32), -0.5, 0.5) * np.float32(span),
-                     bit_depth)
+    return _quantise(neutral + np.clip(np.asarray(chroma, dtype=np.float32), -0.5, 0.5) * np.float32(span), bit_depth)
 
 
 def change_depth(codes: np.ndarray, from_depth: int, to_depth: int) -> np.ndarray:
@@ -102,7 +106,7 @@ def change_depth(codes: np.ndarray, from_depth: int, to_depth: int) -> np.ndarra
         return codes.astype(out_dtype) << (to_depth - from_depth)
     k = from_depth - to_depth
     rounded = (codes.astype(np.uint32) + (1 << (k - 1))) >> k
-    return np.minimum(rounded, 2 ** to_depth - 1).astype(out_dtype)
+    return np.minimum(rounded, 2**to_depth - 1).astype(out_dtype)
 
 
 def rgb_to_ycbcr(rgb: np.ndarray, matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +158,9 @@ def chroma_from_rgb(rgb: np.ndarray, matrix: Matrix) -> np.ndarray:
     return rgb_to_ycbcr(rgb, matrix)[1]
 
 
-def merge_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range,
-                      out_depth: int | None = None) -> np.ndarray:
+def merge_luma_chroma(
+    luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range, out_depth: int | None = None
+) -> np.ndarray:
     """Source luma codes + new chroma -> (3, H, W) Y, Cb, Cr codes at ``out_depth`` (default: same).
 
     ``luma``: (H, W) integer codes at ``bit_depth``; it passes through unchanged (bit for bit
@@ -166,19 +171,20 @@ def merge_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth: in
     y = change_depth(np.asarray(luma), bit_depth, out_depth)
     if chroma is None:
         neutral = chroma_levels(out_depth, color_range)[0]
-        c = np.full((2,) + y.shape, neutral, dtype=y.dtype)
+        c = np.full((2, *y.shape), neutral, dtype=y.dtype)
     else:
-        if chroma.shape != (2,) + y.shape:
+        if chroma.shape != (2, *y.shape):
             raise ValueError(f"chroma must be (2, {y.shape[0]}, {y.shape[1]}), got {chroma.shape}")
         c = chroma_to_codes(chroma, out_depth, color_range)
     return np.concatenate([y[None], c], axis=0)
 
 
-def rgb_from_luma_chroma(luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range,
-                         matrix: Matrix) -> np.ndarray:
+def rgb_from_luma_chroma(
+    luma: np.ndarray, chroma: np.ndarray | None, bit_depth: int, color_range: Range, matrix: Matrix
+) -> np.ndarray:
     """Source luma codes + chroma (None = grey) -> (H, W, 3) float32 R'G'B' in [0, 1] for images."""
     y = codes_to_luma(np.asarray(luma), bit_depth, color_range)
-    c = np.zeros((2,) + y.shape, dtype=np.float32) if chroma is None else chroma
+    c = np.zeros((2, *y.shape), dtype=np.float32) if chroma is None else chroma
     return ycbcr_to_rgb(y, c, matrix)
 
 
@@ -220,3 +226,36 @@ def guided_upsample(src: np.ndarray, guide: np.ndarray, *, radius: int = 1, eps:
         b_big = cv2.resize(box(b), (big_w, big_h), interpolation=cv2.INTER_LINEAR)
         out[c] = a_big * guide + b_big
     return out
+
+
+def lab_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) sRGB in [0, 1] -> (3, H, W) float32 Lab (``model.color.rgb_to_lab``)."""
+    import torch
+
+    from model.color import rgb_to_lab
+
+    with torch.inference_mode():
+        lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None])
+    return lab[0].numpy()
+
+
+def lightness_from_grey(grey: np.ndarray) -> np.ndarray:
+    """(H, W) sRGB-encoded grey in [0, 1] -> (H, W) float32 Lab L in [0, 100]."""
+    import torch
+
+    from model.color import grey_lightness
+
+    with torch.inference_mode():
+        return grey_lightness(torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None])[0, 0].numpy()
+
+
+def rgb_from_lab(l: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """L (H, W) in [0, 100] + ab (2, H, W) -> (H, W, 3) float32 sRGB in [0, 1] (out of gamut: clipped)."""
+    import torch
+
+    from model.color import lab_to_rgb
+
+    lab = np.concatenate([np.asarray(l, dtype=np.float32)[None], np.asarray(ab, dtype=np.float32)])
+    with torch.inference_mode():
+        rgb = lab_to_rgb(torch.from_numpy(lab)[None])
+    return rgb[0].permute(1, 2, 0).clamp(0, 1).numpy()

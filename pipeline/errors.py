@@ -1,4 +1,5 @@
 """User-facing errors: one line that names the file and the problem."""
+
 from __future__ import annotations
 
 from os import PathLike

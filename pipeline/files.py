@@ -1,4 +1,5 @@
 """Safe outputs: write under a temporary name beside the destination, rename on success."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def check_writable_destination(dest: Path, *, force: bool = False, sources: tupl
 
 
 @contextmanager
-def atomic_output(dest: Path, *, force: bool = False, is_dir: bool = False,
-                  sources: tuple[Path, ...] = ()) -> Iterator[Path]:
+def atomic_output(
+    dest: Path, *, force: bool = False, is_dir: bool = False, sources: tuple[Path, ...] = ()
+) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; move it to ``dest`` only if the block succeeds.
 
     The temporary name keeps ``dest``'s suffix so muxers still guess the format from it.

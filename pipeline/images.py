@@ -3,6 +3,7 @@
 Images are returned as float32 arrays in [0, 1] whatever their bit depth (8 or 16-bit),
 colour as (H, W, 3) RGB, grey as (H, W); masks as (H, W) bool.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,10 +60,7 @@ def read_image(path: str | Path) -> LoadedImage:
     if raw.ndim == 3:
         if raw.shape[2] == 4:
             raw = raw[:, :, :3]
-        if raw.shape[2] == 1:
-            raw = raw[:, :, 0]
-        else:
-            raw = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+        raw = raw[:, :, 0] if raw.shape[2] == 1 else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
     pixels = raw.astype(np.float32) / scale
     if pixels.ndim == 3 and _is_neutral(pixels):
         pixels = pixels[:, :, 0].copy()  # a grey image saved as RGB is still grey
@@ -119,12 +117,21 @@ def read_mask(path: str | Path, size: tuple[int, int], *, of: str | Path | None 
     img = read_image(path)
     if img.size != tuple(size):
         target = f" of {of}" if of else ""
-        raise PostprodError(path, f"mask is {img.size[1]}x{img.size[0]} but the image{target} is "
-                                  f"{size[1]}x{size[0]}")
+        raise PostprodError(path, f"mask is {img.size[1]}x{img.size[0]} but the image{target} is {size[1]}x{size[0]}")
     mask = img.pixels > 0 if img.is_grey else (img.pixels > 0).any(axis=2)
     if not mask.any():
         raise PostprodError(path, "mask is empty (no non-zero pixel)")
     return mask
+
+
+def resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) float planes -> (C, h, w) float32: area averaging when shrinking, bilinear when
+    enlarging; a copy as float32 when the size is already ``size`` (h, w)."""
+    h, w = size
+    if planes.shape[1:] == (h, w):
+        return planes.astype(np.float32)
+    interp = cv2.INTER_AREA if h < planes.shape[1] else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(c.astype(np.float32), (w, h), interpolation=interp) for c in planes])
 
 
 def write_rgb(path: str | Path, rgb: np.ndarray, *, bit_depth: int = 8, force: bool = False) -> Path:

@@ -13,6 +13,7 @@ All comparisons are on luma thumbnails ``THUMB_HEIGHT`` lines high (the reel's a
 reference of another aspect is stretched), decoded at reduced size. A plan is JSON-safe
 (:meth:`Plan.to_dict` / :meth:`Plan.from_dict`, :func:`write_plan` / :func:`read_plan`).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ from pipeline.files import atomic_output
 from pipeline.images import read_colour
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import ReelInfo
-from pipeline.refs import Problem, Reference, RefSet, RefsProblems
+from pipeline.refs import ObjectRef, Problem, Reference, RefSet, RefsProblems
 from pipeline.shots import Shot, ShotList
 from pipeline.shots.output import timecode as reel_timecode
 
@@ -57,17 +58,6 @@ luma (h, w) float32 in [0, 1] at any reduced size of the reel's aspect."""
 
 
 @dataclass(frozen=True)
-class ObjectGuide:
-    """Object-level guidance for a keyframe: ``mask`` marks the object on the keyframe (the
-    reel's frame size), ``refmask`` on ``image`` (its colour reference, the refmask's size)."""
-
-    name: str
-    image: Path
-    mask: Path
-    refmask: Path
-
-
-@dataclass(frozen=True)
 class Keyframe:
     """A frame colorized first, then propagated through its shot.
 
@@ -84,24 +74,39 @@ class Keyframe:
     frame: int
     kind: KeyframeKind
     image: Path | None
-    objects: tuple[ObjectGuide, ...] = ()
+    objects: tuple[ObjectRef, ...] = ()
     how: Chosen = "anchored"
     ref_frame: int | None = None
     score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frame": self.frame, "kind": self.kind, "image": _str(self.image), "how": self.how,
-                "ref_frame": self.ref_frame, "score": self.score,
-                "objects": [{"name": o.name, "image": str(o.image), "mask": str(o.mask), "refmask": str(o.refmask)}
-                            for o in self.objects]}
+        return {
+            "frame": self.frame,
+            "kind": self.kind,
+            "image": _str(self.image),
+            "how": self.how,
+            "ref_frame": self.ref_frame,
+            "score": self.score,
+            "objects": [
+                {"name": o.name, "image": str(o.image), "mask": str(o.mask), "refmask": str(o.refmask)}
+                for o in self.objects
+            ],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Keyframe:
-        objects = tuple(ObjectGuide(o["name"], Path(o["image"]), Path(o["mask"]), Path(o["refmask"]))
-                        for o in d["objects"])
-        return cls(frame=int(d["frame"]), kind=_choice(d["kind"], KeyframeKind),
-                   image=None if d["image"] is None else Path(d["image"]), objects=objects,
-                   how=_choice(d["how"], Chosen), ref_frame=d["ref_frame"], score=d["score"])
+        objects = tuple(
+            ObjectRef(o["name"], Path(o["image"]), Path(o["mask"]), Path(o["refmask"])) for o in d["objects"]
+        )
+        return cls(
+            frame=int(d["frame"]),
+            kind=_choice(d["kind"], KeyframeKind),
+            image=None if d["image"] is None else Path(d["image"]),
+            objects=objects,
+            how=_choice(d["how"], Chosen),
+            ref_frame=d["ref_frame"],
+            score=d["score"],
+        )
 
 
 @dataclass(frozen=True)
@@ -118,14 +123,25 @@ class ShotPlan:
     neighbours: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "start": self.start, "end": self.end, "source": self.source,
-                "neighbours": list(self.neighbours), "keyframes": [k.to_dict() for k in self.keyframes]}
+        return {
+            "index": self.index,
+            "start": self.start,
+            "end": self.end,
+            "source": self.source,
+            "neighbours": list(self.neighbours),
+            "keyframes": [k.to_dict() for k in self.keyframes],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShotPlan:
-        return cls(index=int(d["index"]), start=int(d["start"]), end=int(d["end"]),
-                   keyframes=tuple(Keyframe.from_dict(k) for k in d["keyframes"]),
-                   source=_choice(d["source"], ShotSource), neighbours=tuple(int(n) for n in d["neighbours"]))
+        return cls(
+            index=int(d["index"]),
+            start=int(d["start"]),
+            end=int(d["end"]),
+            keyframes=tuple(Keyframe.from_dict(k) for k in d["keyframes"]),
+            source=_choice(d["source"], ShotSource),
+            neighbours=tuple(int(n) for n in d["neighbours"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -145,18 +161,31 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: fps as "num/den", paths as strings, shots' ``end`` exclusive."""
-        return {"version": PLAN_VERSION, "reel": str(self.reel), "frames": self.frames,
-                "fps": f"{self.fps.numerator}/{self.fps.denominator}", "start_timecode": self.start_timecode,
-                "refs": _str(self.refs), "missing": self.missing, "shots": [s.to_dict() for s in self.shots]}
+        return {
+            "version": PLAN_VERSION,
+            "reel": str(self.reel),
+            "frames": self.frames,
+            "fps": f"{self.fps.numerator}/{self.fps.denominator}",
+            "start_timecode": self.start_timecode,
+            "refs": _str(self.refs),
+            "missing": self.missing,
+            "shots": [s.to_dict() for s in self.shots],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         """Inverse of :meth:`to_dict`; ``ValueError``/``KeyError`` for anything else."""
         if d.get("version") != PLAN_VERSION:
             raise ValueError(f"plan version {d.get('version')!r}, expected {PLAN_VERSION}")
-        return cls(reel=Path(d["reel"]), frames=int(d["frames"]), fps=Fraction(d["fps"]),
-                   shots=tuple(ShotPlan.from_dict(s) for s in d["shots"]), start_timecode=d["start_timecode"],
-                   refs=None if d["refs"] is None else Path(d["refs"]), missing=_choice(d["missing"], MissingRefs))
+        return cls(
+            reel=Path(d["reel"]),
+            frames=int(d["frames"]),
+            fps=Fraction(d["fps"]),
+            shots=tuple(ShotPlan.from_dict(s) for s in d["shots"]),
+            start_timecode=d["start_timecode"],
+            refs=None if d["refs"] is None else Path(d["refs"]),
+            missing=_choice(d["missing"], MissingRefs),
+        )
 
     def timecode(self, frame: int) -> str:
         """Timecode of reel frame ``frame`` (from the start timecode, in its drop-frame mode)."""
@@ -166,21 +195,28 @@ class Plan:
         """A readable table: per shot its frames (last one included) and timecodes, where its
         colour comes from, then one line per keyframe and per object."""
         refs = f", refs {self.refs}" if self.refs else ""
-        lines = [f"{self.reel}: {self.frames} frames at {self.fps.numerator}/{self.fps.denominator} fps, "
-                 f"{len(self.shots)} shot{'' if len(self.shots) == 1 else 's'}{refs}",
-                 f"{'shot':>4}  {'frames':<13} {'timecode':<25} source"]
+        lines = [
+            f"{self.reel}: {self.frames} frames at {self.fps.numerator}/{self.fps.denominator} fps, "
+            f"{len(self.shots)} shot{'' if len(self.shots) == 1 else 's'}{refs}",
+            f"{'shot':>4}  {'frames':<13} {'timecode':<25} source",
+        ]
         for s in self.shots:
             via = f" (from shot {', '.join(map(str, s.neighbours))})" if s.neighbours else ""
-            lines.append(f"{s.index:>4}  {f'{s.start}-{s.end - 1}':<13} "
-                         f"{f'{self.timecode(s.start)}-{self.timecode(s.end - 1)}':<25} {s.source}{via}")
+            lines.append(
+                f"{s.index:>4}  {f'{s.start}-{s.end - 1}':<13} "
+                f"{f'{self.timecode(s.start)}-{self.timecode(s.end - 1)}':<25} {s.source}{via}"
+            )
             for k in s.keyframes:
                 ref = k.image.name if k.image else f"frame {k.ref_frame} once coloured"
                 measure = "correlation" if k.how == "anchored" else "score"
                 score = "" if k.score is None else f", {measure} {k.score:.3f}"
-                lines.append(f"{'':>6}keyframe {k.frame} ({self.timecode(k.frame)}): {k.kind} from {ref} "
-                             f"[{k.how}{score}]")
-                lines += [f"{'':>8}object {o.name}: {o.image.name}, mask {o.mask.name}, refmask {o.refmask.name}"
-                          for o in k.objects]
+                lines.append(
+                    f"{'':>6}keyframe {k.frame} ({self.timecode(k.frame)}): {k.kind} from {ref} [{k.how}{score}]"
+                )
+                lines += [
+                    f"{'':>8}object {o.name}: {o.image.name}, mask {o.mask.name}, refmask {o.refmask.name}"
+                    for o in k.objects
+                ]
         return "\n".join(lines)
 
 
@@ -211,6 +247,7 @@ def read_plan(path: Path) -> Plan:
 
 
 # --- luma comparisons --------------------------------------------------------------------
+
 
 def thumb_size(width: int, height: int) -> tuple[int, int]:
     """(h, w) of the comparison thumbnails of a ``width`` x ``height`` reel: ``THUMB_HEIGHT``
@@ -256,30 +293,50 @@ def reference_thumbnail(path: Path, matrix: str, size: tuple[int, int]) -> np.nd
 def reel_luma(info: ReelInfo, *, max_height: int = THUMB_HEIGHT) -> FrameSource:
     """The default :data:`FrameSource`: frames of ``info.path`` decoded at most ``max_height``
     lines high (swscale), luma normalised to [0, 1] from the reel's range."""
+
     def decode(start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         for f in iter_frames(info.path, start, stop, max_height=max_height):
             yield f.index, codes_to_luma(f.luma, f.bit_depth, info.luma_range)  # type: ignore[arg-type]
+
     return decode
 
 
 # --- the plan ----------------------------------------------------------------------------
+
 
 def missing_ref_problems(shots: ShotList, refs: RefSet, missing: MissingRefs) -> list[Problem]:
     """What the missing-refs policy makes a problem: with "error" every shot without a
     reference; with "nearest" a reel where no shot has one (nothing to borrow colours from)."""
     covered = {r.shot for r in refs.refs}
     if missing == "error":
-        return [Problem(str(refs.folder), f"shot {s.index} (frames {s.start}-{s.end - 1}) has no reference "
-                                          f"(add shot-{s.index}.<ext>, or use --missing-refs nearest or grey)")
-                for s in shots.shots if s.index not in covered]
+        return [
+            Problem(
+                str(refs.folder),
+                f"shot {s.index} (frames {s.start}-{s.end - 1}) has no reference "
+                f"(add shot-{s.index}.<ext>, or use --missing-refs nearest or grey)",
+            )
+            for s in shots.shots
+            if s.index not in covered
+        ]
     if missing == "nearest" and not covered and not refs.problems:
-        return [Problem(str(refs.folder), "no shot has a reference, so --missing-refs nearest has no coloured "
-                                          "shot to take colours from (add references or use --missing-refs grey)")]
+        return [
+            Problem(
+                str(refs.folder),
+                "no shot has a reference, so --missing-refs nearest has no coloured "
+                "shot to take colours from (add references or use --missing-refs grey)",
+            )
+        ]
     return []
 
 
-def plan_keyframes(info: ReelInfo, shots: ShotList, refs: RefSet, *, missing: MissingRefs = "nearest",
-                   decode: FrameSource | None = None) -> Plan:
+def plan_keyframes(
+    info: ReelInfo,
+    shots: ShotList,
+    refs: RefSet,
+    *,
+    missing: MissingRefs = "nearest",
+    decode: FrameSource | None = None,
+) -> Plan:
     """Plan the keyframes of every shot of a reel.
 
     Raises :class:`~pipeline.refs.RefsProblems` with every problem of ``refs`` and of the
@@ -307,26 +364,33 @@ def plan_keyframes(info: ReelInfo, shots: ShotList, refs: RefSet, *, missing: Mi
     if problems:
         raise RefsProblems(refs.folder, problems)
     coloured = {k.frame for _, k in keys if k.kind == "coloured"}
-    keys += [(r, Keyframe(shots.shots[r.shot].start, "exemplar", r.image, _guides(r), "first-frame"))
-             for r in refs.refs if r.frame is None and r.objects]
+    keys += [
+        (r, Keyframe(shots.shots[r.shot].start, "exemplar", r.image, r.objects, "first-frame"))
+        for r in refs.refs
+        if r.frame is None and r.objects
+    ]
     automatic = [r for r in refs.refs if r.frame is None and not r.objects]
     for shot in sorted({r.shot for r in automatic}):
-        keys += _best_matches(shots.shots[shot], [r for r in automatic if r.shot == shot], coloured,
-                              info.matrix, size, decode)
+        keys += _best_matches(
+            shots.shots[shot], [r for r in automatic if r.shot == shot], coloured, info.matrix, size, decode
+        )
     by_shot: dict[int, list[Keyframe]] = {}
     for ref, key in keys:
         by_shot.setdefault(ref.shot, []).append(key)
-    return Plan(reel=info.path, frames=shots.frames, fps=shots.fps, start_timecode=shots.start_timecode,
-                refs=refs.folder, missing=missing,
-                shots=tuple(_shot_plan(s, by_shot, shots.shots, missing) for s in shots.shots))
+    return Plan(
+        reel=info.path,
+        frames=shots.frames,
+        fps=shots.fps,
+        start_timecode=shots.start_timecode,
+        refs=refs.folder,
+        missing=missing,
+        shots=tuple(_shot_plan(s, by_shot, shots.shots, missing) for s in shots.shots),
+    )
 
 
-def _guides(ref: Reference) -> tuple[ObjectGuide, ...]:
-    return tuple(ObjectGuide(o.name, o.image, o.mask, o.refmask) for o in ref.objects)
-
-
-def _classify(frame: int, group: list[Reference], info: ReelInfo, size: tuple[int, int],
-              decode: FrameSource) -> list[tuple[Reference, Keyframe]]:
+def _classify(
+    frame: int, group: list[Reference], info: ReelInfo, size: tuple[int, int], decode: FrameSource
+) -> list[tuple[Reference, Keyframe]]:
     """Keyframes of the references anchored at ``frame``: coloured when the reference has the
     reel's size and its luma correlates with the frame's at >= COLOURED_MIN_CORRELATION."""
     reel_sized = [r for r in group if r.size == (info.height, info.width)]
@@ -337,10 +401,13 @@ def _classify(frame: int, group: list[Reference], info: ReelInfo, size: tuple[in
                 thumb = luma_thumbnail(luma, size)
     out = []
     for ref in group:
-        score = (luma_correlation(reference_thumbnail(ref.image, info.matrix, size), thumb)
-                 if thumb is not None and ref in reel_sized else None)
+        score = (
+            luma_correlation(reference_thumbnail(ref.image, info.matrix, size), thumb)
+            if thumb is not None and ref in reel_sized
+            else None
+        )
         kind: KeyframeKind = "coloured" if score is not None and score >= COLOURED_MIN_CORRELATION else "exemplar"
-        out.append((ref, Keyframe(frame, kind, ref.image, _guides(ref), "anchored", score=score)))
+        out.append((ref, Keyframe(frame, kind, ref.image, ref.objects, "anchored", score=score)))
     return out
 
 
@@ -350,18 +417,25 @@ def _clashes(keys: list[tuple[Reference, Keyframe]]) -> list[Problem]:
     for frame in sorted({k.frame for _, k in keys}):
         here = [k for _, k in keys if k.frame == frame]
         coloured = [k for k in here if k.kind == "coloured"]
-        problems += [Problem(str(k.image), f"is a second coloured keyframe for frame {frame} "
-                                           f"(so is {coloured[0].image.name})")  # type: ignore[union-attr]
-                     for k in coloured[1:]]
+        problems += [
+            Problem(str(k.image), f"is a second coloured keyframe for frame {frame} (so is {coloured[0].image.name})")  # type: ignore[union-attr]
+            for k in coloured[1:]
+        ]
         if coloured:
-            problems += [Problem(str(k.image), f"is an exemplar anchored at frame {frame}, which "
-                                               f"{coloured[0].image.name} colours already")  # type: ignore[union-attr]
-                         for k in here if k.kind == "exemplar"]
+            problems += [
+                Problem(
+                    str(k.image),
+                    f"is an exemplar anchored at frame {frame}, which {coloured[0].image.name} colours already",
+                )  # type: ignore[union-attr]
+                for k in here
+                if k.kind == "exemplar"
+            ]
     return problems
 
 
-def _best_matches(shot: Shot, group: list[Reference], coloured: set[int], matrix: str, size: tuple[int, int],
-                  decode: FrameSource) -> list[tuple[Reference, Keyframe]]:
+def _best_matches(
+    shot: Shot, group: list[Reference], coloured: set[int], matrix: str, size: tuple[int, int], decode: FrameSource
+) -> list[tuple[Reference, Keyframe]]:
     """For each reference of ``group`` the frame of ``shot`` that matches it best (not a
     coloured keyframe; the earliest on ties), decoding the shot once, one frame at a time."""
     thumbs = [reference_thumbnail(r.image, matrix, size) for r in group]
@@ -374,13 +448,20 @@ def _best_matches(shot: Shot, group: list[Reference], coloured: set[int], matrix
             score = match_score(thumb, frame)
             if score > best[j][0]:
                 best[j] = (score, index)
-    return [(r, Keyframe(shot.start if f is None else f, "exemplar", r.image, how="best-match",
-                         score=None if f is None else s))
-            for r, (s, f) in zip(group, best)]
+    return [
+        (
+            r,
+            Keyframe(
+                shot.start if f is None else f, "exemplar", r.image, how="best-match", score=None if f is None else s
+            ),
+        )
+        for r, (s, f) in zip(group, best, strict=True)
+    ]
 
 
-def _shot_plan(shot: Shot, by_shot: dict[int, list[Keyframe]], shots: tuple[Shot, ...],
-               missing: MissingRefs) -> ShotPlan:
+def _shot_plan(
+    shot: Shot, by_shot: dict[int, list[Keyframe]], shots: tuple[Shot, ...], missing: MissingRefs
+) -> ShotPlan:
     """The plan of one shot: its own keyframes, else per ``missing`` neighbours' frames or grey."""
     own = sorted(by_shot.get(shot.index, []), key=lambda k: (k.frame, str(k.image)))
     if own:
@@ -399,5 +480,4 @@ def _shot_plan(shot: Shot, by_shot: dict[int, list[Keyframe]], shots: tuple[Shot
         lender = shots[after].start
         keys.append(Keyframe(shot.end - 1, "exemplar", None, how="neighbour", ref_frame=lender))
         gaps.append((lender - (shot.end - 1), after))
-    return ShotPlan(shot.index, shot.start, shot.end, tuple(keys), "neighbours",
-                    tuple(i for _, i in sorted(gaps)))
+    return ShotPlan(shot.index, shot.start, shot.end, tuple(keys), "neighbours", tuple(i for _, i in sorted(gaps)))

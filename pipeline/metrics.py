@@ -4,6 +4,7 @@ Images are RGB arrays (H, W, 3), either both uint8 (0-255) or both float in [0, 
 range (255 or 1) follows from the dtype. Lab is CIE L*a*b* (D65) of sRGB via scikit-image:
 L in [0, 100], a and b roughly in [-110, 110]. LPIPS lives in :mod:`model.lpips` (torch).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,8 +64,17 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     Data range as in :func:`psnr`. Images need at least 7 pixels on each side.
     """
     data_range = _check_pair(pred, target)
-    return float(structural_similarity(pred, target, channel_axis=-1, data_range=data_range,
-                                       gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+    return float(
+        structural_similarity(
+            pred,
+            target,
+            channel_axis=-1,
+            data_range=data_range,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -87,7 +97,8 @@ def ab_histogram(rgb: np.ndarray, bins: int = HIS_BINS, ab_range: tuple[float, f
 
 
 def histogram_chi2(h1: np.ndarray, h2: np.ndarray, eps: float = HIS_EPS) -> float:
-    """T_hist of thesis eq. 2.10: 2 * sum_q (h1 - h2)^2 / (h1 + h2 + eps); 0 when equal, <= 4 for normalised histograms."""
+    """T_hist of thesis eq. 2.10: 2 * sum_q (h1 - h2)^2 / (h1 + h2 + eps); 0 when equal, <= 4 for
+    normalised histograms."""
     return float(2.0 * np.sum((h1 - h2) ** 2 / (h1 + h2 + eps)))
 
 

@@ -85,6 +85,7 @@ Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.m
 Conventions: L in [0, 100], ab in CIE units (roughly [-110, 110]), flows (h, w, 2) float32 in px
 as (dx, dy) with ``frame_from(x) ~ frame_to(x + flow(x))``.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -163,6 +164,7 @@ class PropagationSettings:
 
 # --- storage ------------------------------------------------------------------------------
 
+
 class FrameStore(Protocol):
     """Per-frame arrays keyed by (name, frame index); values come back as float32."""
 
@@ -220,13 +222,14 @@ class NpyStore:
 
 # --- image maths --------------------------------------------------------------------------
 
+
 def to_working(l: np.ndarray, work_size: int) -> np.ndarray:
     """(H, W) L -> (h, w) float32 with the short side at most ``work_size`` (area filter)."""
-    h, w = l.shape
-    scale = min(1.0, work_size / min(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    from model.transfer import working_size
+
+    h, w = working_size(*l.shape, work_size)
     l = np.asarray(l, dtype=np.float32)
-    return l if size == (w, h) else cv2.resize(l, size, interpolation=cv2.INTER_AREA)
+    return l if (h, w) == l.shape else cv2.resize(l, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def upsample_chroma(ab: np.ndarray, l_full: np.ndarray) -> np.ndarray:
@@ -281,18 +284,33 @@ def warp(image: np.ndarray, flow: np.ndarray, border: float | None = None) -> np
     xs, ys = _sample_grid(flow)
     mode = cv2.BORDER_REPLICATE if border is None else cv2.BORDER_CONSTANT
     value = 0.0 if border is None else float(border)
-    return np.stack([cv2.remap(np.ascontiguousarray(c, dtype=np.float32), xs, ys, cv2.INTER_LINEAR,
-                               borderMode=mode, borderValue=value) for c in image])
+    return np.stack(
+        [
+            cv2.remap(
+                np.ascontiguousarray(c, dtype=np.float32), xs, ys, cv2.INTER_LINEAR, borderMode=mode, borderValue=value
+            )
+            for c in image
+        ]
+    )
 
 
 def _remap(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Sample ``image`` (C, h, w) at absolute coordinates (2, h', w') (x, y): (C, h', w'), edges replicated."""
-    return np.stack([cv2.remap(np.ascontiguousarray(c, dtype=np.float32), coords[0], coords[1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE) for c in image])
+    return np.stack(
+        [
+            cv2.remap(
+                np.ascontiguousarray(c, dtype=np.float32),
+                coords[0],
+                coords[1],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for c in image
+        ]
+    )
 
 
-def flow_confidence(flow_back: np.ndarray, flow_fwd: np.ndarray, alpha: float = 0.01,
-                    beta: float = 0.5) -> np.ndarray:
+def flow_confidence(flow_back: np.ndarray, flow_fwd: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
     """Occlusion-aware confidence of ``flow_back`` (t -> s) given ``flow_fwd`` (s -> t).
 
     Sundaram et al. 2010: the round trip t -> s -> t should come back,
@@ -305,15 +323,22 @@ def flow_confidence(flow_back: np.ndarray, flow_fwd: np.ndarray, alpha: float = 
     """
     back_fwd = warp(flow_fwd.transpose(2, 0, 1), flow_back).transpose(1, 2, 0)
     err = ((flow_back + back_fwd) ** 2).sum(-1)
-    tol = alpha * ((flow_back ** 2).sum(-1) + (back_fwd ** 2).sum(-1)) + beta
+    tol = alpha * ((flow_back**2).sum(-1) + (back_fwd**2).sum(-1)) + beta
     xs, ys = _sample_grid(flow_back)
     h, w = flow_back.shape[:2]
     inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
     return np.where(inside, np.exp(-np.maximum(err / tol - 1.0, 0.0)), 0.0).astype(np.float32)
 
 
-def refine_chroma(l: np.ndarray, l_src: np.ndarray, ab_src: np.ndarray, radius: int = 3,
-                  temperature: float = 2.0, distance_penalty: float = 0.5, patch: int = 3) -> np.ndarray:
+def refine_chroma(
+    l: np.ndarray,
+    l_src: np.ndarray,
+    ab_src: np.ndarray,
+    radius: int = 3,
+    temperature: float = 2.0,
+    distance_penalty: float = 0.5,
+    patch: int = 3,
+) -> np.ndarray:
     """Local luma-guided correction of warped chroma.
 
     Each pixel x takes sum_o w_o ab_src(x + o) over offsets |o|_inf <= radius with
@@ -336,19 +361,20 @@ def refine_chroma(l: np.ndarray, l_src: np.ndarray, ab_src: np.ndarray, radius: 
         return np.asarray(ab_src, dtype=np.float32)
     h, w = l.shape
     r = radius
-    src = cv2.copyMakeBorder(np.dstack([l_src, ab_src[0], ab_src[1]]).astype(np.float32), r, r, r, r,
-                             cv2.BORDER_REPLICATE)
+    src = cv2.copyMakeBorder(
+        np.dstack([l_src, ab_src[0], ab_src[1]]).astype(np.float32), r, r, r, r, cv2.BORDER_REPLICATE
+    )
     l = np.asarray(l, dtype=np.float32)
     offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
     cost = np.empty((len(offsets), h, w), np.float32)
     for i, (dy, dx) in enumerate(offsets):
-        shifted = src[r + dy:r + dy + h, r + dx:r + dx + w, 0]
+        shifted = src[r + dy : r + dy + h, r + dx : r + dx + w, 0]
         cost[i] = _patch_error(l, shifted, patch) + distance_penalty * (dy * dy + dx * dx)
     cost -= cost.min(axis=0)
     weights = np.exp(cost * np.float32(-1.0 / temperature))
     out = np.zeros((h, w, 2), np.float32)
     for i, (dy, dx) in enumerate(offsets):
-        out += weights[i, ..., None] * src[r + dy:r + dy + h, r + dx:r + dx + w, 1:]
+        out += weights[i, ..., None] * src[r + dy : r + dy + h, r + dx : r + dx + w, 1:]
     return (out / weights.sum(axis=0)[..., None]).transpose(2, 0, 1)
 
 
@@ -365,6 +391,7 @@ def fusion_weights(conf_a: np.ndarray, dist_a: int, conf_b: np.ndarray, dist_b: 
 
 
 # --- the sweeps ----------------------------------------------------------------------------
+
 
 class _Sweep:
     """State of one sweep: what it holds is O(1) frames (previous L, ab, confidence, attention
@@ -385,8 +412,9 @@ class _Sweep:
         self.since_attention = 0
         self.anchor = _pixel_grid(*l.shape)
 
-    def _anchored(self, l: np.ndarray, back: np.ndarray, conf: np.ndarray,
-                  propagated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _anchored(
+        self, l: np.ndarray, back: np.ndarray, conf: np.ndarray, propagated: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Blend in the keyframe's own colours where frame t still sees keyframe content;
         returns the blended ab (2, h, w) and the path confidence (h, w), restored where the
         keyframe matches (``restore``).
@@ -397,7 +425,7 @@ class _Sweep:
         (resampled once, so it never blurs or fades) replaces the chained colour with weight
         C * exp(-patch L error / anchor_scale)."""
         s = self.s
-        key_l, key_ab = self.key_lab[:1], self.key_lab[1:]
+        key_l, _key_ab = self.key_lab[:1], self.key_lab[1:]
         coords = warp(self.anchor, back)
         resampled = _remap(key_l, coords)[0]
         coords = warp(coords, optical_flow(l, resampled, self.dis))
@@ -428,11 +456,13 @@ class _Sweep:
         s = self.s
         key_l = self.key_lab[0]
         flow = optical_flow(l, key_l, self.dis)
-        checked = flow_confidence(flow, optical_flow(key_l, l, self.dis), s.consistency_alpha,
-                                  s.consistency_beta) > UNSURE
+        checked = (
+            flow_confidence(flow, optical_flow(key_l, l, self.dis), s.consistency_alpha, s.consistency_beta) > UNSURE
+        )
         direct = np.stack(_sample_grid(flow))
-        closer = (_patch_error(l, _remap(key_l[None], direct)[0], 5)
-                  < s.anchor_direct_ratio * _patch_error(l, _remap(key_l[None], coords)[0], 5))
+        closer = _patch_error(l, _remap(key_l[None], direct)[0], 5) < s.anchor_direct_ratio * _patch_error(
+            l, _remap(key_l[None], coords)[0], 5
+        )
         return np.where((unsure & checked & closer)[None], direct, coords)
 
     def step(self, l: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -444,8 +474,9 @@ class _Sweep:
         consistency = flow_confidence(back, fwd, s.consistency_alpha, s.consistency_beta)
         l_src = warp(self.l[None], back)[0]
 
-        propagated = refine_chroma(l, l_src, warp(self.ab, back), s.search_radius, s.match_temperature,
-                                   s.distance_penalty)
+        propagated = refine_chroma(
+            l, l_src, warp(self.ab, back), s.search_radius, s.match_temperature, s.distance_penalty
+        )
         conf = warp(self.conf[None], back, border=0.0)[0] * consistency
         if s.anchor:
             propagated, conf = self._anchored(l, back, conf, propagated)
@@ -469,10 +500,16 @@ class _Sweep:
         return self.ab, conf
 
 
-def propagate_shot(luma: Iterable[np.ndarray], keyframes: dict[int, np.ndarray], *,
-                   length: int | None = None, colorizer: Colorizer | None = None,
-                   store: FrameStore | None = None, settings: PropagationSettings | None = None,
-                   device: str = "cpu") -> Iterator[np.ndarray]:
+def propagate_shot(
+    luma: Iterable[np.ndarray],
+    keyframes: dict[int, np.ndarray],
+    *,
+    length: int | None = None,
+    colorizer: Colorizer | None = None,
+    store: FrameStore | None = None,
+    settings: PropagationSettings | None = None,
+    device: str = "cpu",
+) -> Iterator[np.ndarray]:
     """Colour every frame of a shot from its keyframes; yields each frame's ab in order.
 
     Args:
@@ -500,8 +537,9 @@ def propagate_shot(luma: Iterable[np.ndarray], keyframes: dict[int, np.ndarray],
     if keys[0] < 0 or keys[-1] >= n:
         raise ValueError(f"keyframes {keys} outside the shot's {n} frames")
     if colorizer is None and settings.attention_every > 0:
-        colorizer = attention_colorizer(device=device, work_size=settings.attention_size,
-                                        position_sigma=settings.attention_position_sigma)
+        colorizer = attention_colorizer(
+            device=device, work_size=settings.attention_size, position_sigma=settings.attention_position_sigma
+        )
     with tempfile.TemporaryDirectory(prefix="postprod-propagate-") if store is None else nullcontext() as folder:
         store = store if store is not None else NpyStore(folder)
         _forward(luma, n, keyframes, keys, store, settings, colorizer)
@@ -512,8 +550,15 @@ def propagate_shot(luma: Iterable[np.ndarray], keyframes: dict[int, np.ndarray],
             yield ab
 
 
-def _forward(luma: Iterable[np.ndarray], n: int, keyframes: dict[int, np.ndarray], keys: list[int],
-             store: FrameStore, settings: PropagationSettings, colorizer: Colorizer | None) -> None:
+def _forward(
+    luma: Iterable[np.ndarray],
+    n: int,
+    keyframes: dict[int, np.ndarray],
+    keys: list[int],
+    store: FrameStore,
+    settings: PropagationSettings,
+    colorizer: Colorizer | None,
+) -> None:
     """Read the L frames once; forward sweeps. Frames after the last keyframe are final ("ab");
     frames between keyframes keep their forward result ("fwd", "fwd_conf") for the fusion."""
     sweep = _Sweep(settings, colorizer)
@@ -539,8 +584,14 @@ def _forward(luma: Iterable[np.ndarray], n: int, keyframes: dict[int, np.ndarray
                 store.put("fwd_conf", t, conf)
 
 
-def _backward(n: int, keyframes: dict[int, np.ndarray], keys: list[int], store: FrameStore,
-              settings: PropagationSettings, colorizer: Colorizer | None) -> None:
+def _backward(
+    n: int,
+    keyframes: dict[int, np.ndarray],
+    keys: list[int],
+    store: FrameStore,
+    settings: PropagationSettings,
+    colorizer: Colorizer | None,
+) -> None:
     """Backward sweeps from every keyframe, fused with the forward results; L frames dropped."""
     sweep = _Sweep(settings, colorizer)
     for t in range(n - 1, -1, -1):
@@ -563,9 +614,13 @@ def _backward(n: int, keyframes: dict[int, np.ndarray], keys: list[int], store: 
 
 # --- the default attention term -----------------------------------------------------------
 
-def attention_colorizer(device: str = "cpu", work_size: int = PropagationSettings.attention_size,
-                        features: object | None = None,
-                        position_sigma: float | None = None) -> Colorizer:
+
+def attention_colorizer(
+    device: str = "cpu",
+    work_size: int = PropagationSettings.attention_size,
+    features: object | None = None,
+    position_sigma: float | None = None,
+) -> Colorizer:
     """The training-free super-attention transfer (``model.transfer.transfer_colour``, VGG-16
     loaded once) as a :data:`Colorizer`, run at ``work_size`` without regrain (the propagation
     smooths it), its ab brought back to the target's size guided by the target's L;
@@ -576,11 +631,11 @@ def attention_colorizer(device: str = "cpu", work_size: int = PropagationSetting
     caller passes the very same arrays (identity, not equality: arrays are not copied or hashed)."""
     import torch
 
-    from model.features import load_vgg16
     from model.transfer import encode_reference, transfer_colour
+    from pipeline.colorize import shared_vgg16
 
     dev = torch.device(device)
-    extractor = features if features is not None else load_vgg16(device=dev)
+    extractor = features if features is not None else shared_vgg16(dev)
     cached: tuple[list[np.ndarray], list] = ([], [])  # the last reference arrays and their encodings
 
     def t(a: np.ndarray) -> torch.Tensor:
@@ -589,16 +644,38 @@ def attention_colorizer(device: str = "cpu", work_size: int = PropagationSetting
     def colorize(target_l: np.ndarray, references: Sequence[np.ndarray]) -> np.ndarray:
         nonlocal cached
         with torch.inference_mode():
-            if len(cached[0]) != len(references) or any(a is not b for a, b in zip(cached[0], references)):
-                cached = (list(references), [encode_reference(t(r)[None], extractor, work_size=work_size)
-                                             for r in references])
-            ab = transfer_colour(t(target_l)[None, None], cached[1], features=extractor, work_size=work_size,
-                                 regrain_output=False, position_sigma=position_sigma)
+            if len(cached[0]) != len(references) or any(a is not b for a, b in zip(cached[0], references, strict=True)):
+                cached = (
+                    list(references),
+                    [encode_reference(t(r)[None], extractor, work_size=work_size) for r in references],
+                )
+            ab = transfer_colour(
+                t(target_l)[None, None],
+                cached[1],
+                features=extractor,
+                work_size=work_size,
+                regrain_output=False,
+                position_sigma=position_sigma,
+            )
         return ab[0].float().cpu().numpy()
 
     return colorize
 
 
-__all__ = ["Colorizer", "FrameStore", "MemoryStore", "NpyStore", "PropagationSettings", "attention_colorizer",
-           "flow_confidence", "flow_estimator", "fusion_weights", "optical_flow", "propagate_shot", "refine_chroma",
-           "to_working", "upsample_chroma", "warp"]
+__all__ = [
+    "Colorizer",
+    "FrameStore",
+    "MemoryStore",
+    "NpyStore",
+    "PropagationSettings",
+    "attention_colorizer",
+    "flow_confidence",
+    "flow_estimator",
+    "fusion_weights",
+    "optical_flow",
+    "propagate_shot",
+    "refine_chroma",
+    "to_working",
+    "upsample_chroma",
+    "warp",
+]

@@ -17,6 +17,7 @@ Dotfiles, ``*.md``, ``*.txt`` and sub-folders are ignored; any other file is a p
 collects *every* problem; :meth:`RefSet.raise_problems` raises them together as one
 :class:`RefsProblems`.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,12 +39,17 @@ REF_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 IGNORED_SUFFIXES = (".md", ".txt")
 TOML_NAME = "refs.toml"
 
-_NAME = re.compile(r"(?P<stem>(?P<kind>frame|shot)-(?P<number>\d+))(?:\.(?P<object>[A-Za-z0-9_-]+))?"
-                   r"(?:\.(?P<role>mask|refmask))?\.(?:png|jpe?g|tiff?)", re.IGNORECASE)
+_NAME = re.compile(
+    r"(?P<stem>(?P<kind>frame|shot)-(?P<number>\d+))(?:\.(?P<object>[A-Za-z0-9_-]+))?"
+    r"(?:\.(?P<role>mask|refmask))?\.(?:png|jpe?g|tiff?)",
+    re.IGNORECASE,
+)
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ROLES = ("mask", "refmask")
-_EXPECTED = ("not a reference name (expected frame-<N>.<ext>, shot-<K>.<ext>, <stem>.<object>.<ext>, "
-             "<stem>.<object>.mask.<ext> or <stem>.<object>.refmask.<ext>; ext: png, jpg, jpeg, tif, tiff)")
+_EXPECTED = (
+    "not a reference name (expected frame-<N>.<ext>, shot-<K>.<ext>, <stem>.<object>.<ext>, "
+    "<stem>.<object>.mask.<ext> or <stem>.<object>.refmask.<ext>; ext: png, jpg, jpeg, tif, tiff)"
+)
 _REF_KEYS = {"image", "frame", "timecode", "shot", "keyframe", "object"}
 _OBJECT_KEYS = {"name", "image", "mask", "refmask"}
 
@@ -179,6 +185,7 @@ def read_refs(folder: Path, reel: ReelInfo, shots: ShotList) -> RefSet:
 
 # --- refs.toml ---------------------------------------------------------------------------
 
+
 def _read_toml(folder: Path, problems: list[Problem]) -> tuple[list[_Declared], set[Path]]:
     """References declared in refs.toml, and the (resolved) files it names."""
     path = folder / TOML_NAME
@@ -195,16 +202,24 @@ def _read_toml(folder: Path, problems: list[Problem]) -> tuple[list[_Declared], 
     if not isinstance(entries, list):
         problems.append(Problem(str(path), "'ref' must be an array of tables: write [[ref]]"))
         return [], set()
-    declared = [d for i, entry in enumerate(entries, start=1)
-                if (d := _toml_entry(entry, folder, _Declared(path, f"[[ref]] #{i}: ", None), problems))]
-    claimed = {p.resolve() for d in declared
-               for p in (d.image, *(f for o in d.objects for f in (o.image, o.mask, o.refmask))) if p}
+    declared = [
+        d
+        for i, entry in enumerate(entries, start=1)
+        if (d := _toml_entry(entry, folder, _Declared(path, f"[[ref]] #{i}: ", None), problems))
+    ]
+    claimed = {
+        p.resolve()
+        for d in declared
+        for p in (d.image, *(f for o in d.objects for f in (o.image, o.mask, o.refmask)))
+        if p
+    }
     return [d for d in declared if d.image is not None], claimed
 
 
 def _toml_entry(entry: Any, folder: Path, d: _Declared, problems: list[Problem]) -> _Declared | None:
     """Fill ``d`` from one [[ref]] table (``d.image`` None when it has none); None when it
     is not a table. Problems are recorded."""
+
     def bad(problem: str) -> None:
         problems.append(Problem(str(d.where), d.prefix + problem))
 
@@ -267,13 +282,19 @@ def _is_count(value: Any) -> bool:
 
 # --- file names --------------------------------------------------------------------------
 
+
 def _declared_by_names(folder: Path, claimed: set[Path], problems: list[Problem]) -> list[_Declared]:
     """References declared by the names of the files in ``folder``, except those refs.toml names."""
     stems: dict[str, dict[tuple[str | None, str | None], list[Path]]] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
-        if (path.is_dir() or name.startswith(".") or name == TOML_NAME
-                or path.suffix.lower() in IGNORED_SUFFIXES or path.resolve() in claimed):
+        if (
+            path.is_dir()
+            or name.startswith(".")
+            or name == TOML_NAME
+            or path.suffix.lower() in IGNORED_SUFFIXES
+            or path.resolve() in claimed
+        ):
             continue
         m = _NAME.fullmatch(name)
         if m is None:
@@ -281,27 +302,33 @@ def _declared_by_names(folder: Path, claimed: set[Path], problems: list[Problem]
             continue
         obj, role = m["object"], m["role"] and m["role"].lower()
         if obj is not None and obj.lower() in _ROLES:
-            problems.append(Problem(str(path), f"a {obj.lower()} needs an object name: "
-                                               f"{m['stem']}.<object>.{obj.lower()}{path.suffix}"))
+            problems.append(
+                Problem(
+                    str(path), f"a {obj.lower()} needs an object name: {m['stem']}.<object>.{obj.lower()}{path.suffix}"
+                )
+            )
             continue
         stems.setdefault(m["stem"], {}).setdefault((obj, role), []).append(path)
     return [d for stem, files in stems.items() if (d := _stem_reference(stem, files, problems))]
 
 
-def _stem_reference(stem: str, files: dict[tuple[str | None, str | None], list[Path]],
-                    problems: list[Problem]) -> _Declared | None:
+def _stem_reference(
+    stem: str, files: dict[tuple[str | None, str | None], list[Path]], problems: list[Problem]
+) -> _Declared | None:
     """The reference ``<stem>.<ext>`` with its objects, from the files named ``<stem>...``."""
     for paths in files.values():
         if len(paths) > 1:
-            problems.append(Problem(str(paths[0]), "more than one file for the same reference: "
-                                                   + ", ".join(p.name for p in paths)))
+            problems.append(
+                Problem(str(paths[0]), "more than one file for the same reference: " + ", ".join(p.name for p in paths))
+            )
     main = files.get((None, None), [None])[0]
     objects: list[ObjectRef] = []
     for name in sorted({obj for obj, _ in files if obj is not None}):
         own, mask, refmask = (files.get((name, role), [None])[0] for role in (None, "mask", "refmask"))
         if mask is None or refmask is None:
-            lacking = " and no ".join(f"{stem}.{name}.{role}.<ext>"
-                                      for role, p in (("mask", mask), ("refmask", refmask)) if p is None)
+            lacking = " and no ".join(
+                f"{stem}.{name}.{role}.<ext>" for role, p in (("mask", mask), ("refmask", refmask)) if p is None
+            )
             problems.append(Problem(str(mask or refmask or own), f"object {name!r} has no partner {lacking}"))
         elif own or main:
             objects.append(ObjectRef(name, own or main, mask, refmask))  # type: ignore[arg-type]
@@ -309,14 +336,16 @@ def _stem_reference(stem: str, files: dict[tuple[str | None, str | None], list[P
             problems.append(Problem(str(mask), f"object {name!r} has no reference image: add {stem}.<ext>"))
     if main is None:
         if objects:  # objects with their own images, but nothing for the rest of the frame
-            problems.append(Problem(str(objects[0].image), f"object references need the main reference "
-                                                          f"{stem}.<ext> beside them"))
+            problems.append(
+                Problem(str(objects[0].image), f"object references need the main reference {stem}.<ext> beside them")
+            )
         return None
     kind, number = stem.lower().split("-")
     return _Declared(main, "", main, objects=objects, **{kind: int(number)})
 
 
 # --- checks against the reel -------------------------------------------------------------
+
 
 def _image_sizes(declared: list[_Declared], problems: list[Problem]) -> dict[Path, tuple[int, int] | None]:
     """(height, width) of every colour image declared, each read once; None (problem recorded)
@@ -335,9 +364,11 @@ def _image_sizes(declared: list[_Declared], problems: list[Problem]) -> dict[Pat
     return sizes
 
 
-def _check(d: _Declared, reel: ReelInfo, shots: ShotList, sizes: dict[Path, tuple[int, int] | None],
-           problems: list[Problem]) -> Reference | None:
+def _check(
+    d: _Declared, reel: ReelInfo, shots: ShotList, sizes: dict[Path, tuple[int, int] | None], problems: list[Problem]
+) -> Reference | None:
     """Check one declared reference against the reel (ranges, mask sizes); None if unusable."""
+
     def bad(problem: str) -> None:
         problems.append(Problem(str(d.where), d.prefix + problem))
 
@@ -361,8 +392,14 @@ def _check(d: _Declared, reel: ReelInfo, shots: ShotList, sizes: dict[Path, tupl
     size = sizes.get(d.image) if d.image is not None else None
     if shot is None or size is None or not all(objects_ok):
         return None
-    return Reference(image=d.image, size=size, shot=shot, frame=frame,  # type: ignore[arg-type]
-                     objects=tuple(d.objects), origin=d.origin)
+    return Reference(
+        image=d.image,
+        size=size,
+        shot=shot,
+        frame=frame,  # type: ignore[arg-type]
+        objects=tuple(d.objects),
+        origin=d.origin,
+    )
 
 
 def _frame(anchor: int | str | None, shots: ShotList, span: str, bad: Callable[[str], None]) -> int | None:
@@ -384,8 +421,9 @@ def _frame(anchor: int | str | None, shots: ShotList, span: str, bad: Callable[[
     return frame
 
 
-def _masks_ok(obj: ObjectRef, reel: ReelInfo, sizes: dict[Path, tuple[int, int] | None],
-              problems: list[Problem]) -> bool:
+def _masks_ok(
+    obj: ObjectRef, reel: ReelInfo, sizes: dict[Path, tuple[int, int] | None], problems: list[Problem]
+) -> bool:
     """Read an object's masks: the mask at the reel's frame size, the refmask at its image's
     size (unchecked when the image itself is unusable); False after recording problems."""
     checks = [(obj.mask, (reel.height, reel.width), reel.path)]

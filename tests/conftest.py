@@ -5,6 +5,7 @@
 Every generated clip has a moving pattern (frames differ) and fine texture; its luma is
 exactly :func:`clip_luma` (lossless codecs) or close to it (lossy ones).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def _fill(frame: av.VideoFrame, i: int, plane: np.ndarray) -> None:
     dtype = plane.dtype.newbyteorder("<") if plane.dtype.itemsize > 1 else plane.dtype
     per_line = p.line_size // plane.dtype.itemsize
     view = np.frombuffer(memoryview(p), dtype=dtype).reshape(p.height, per_line)
-    view[:, :p.width] = plane
+    view[:, : p.width] = plane
 
 
 def _picture(i: int, width: int, height: int, pix_fmt: str, texture: bool) -> av.VideoFrame:
@@ -84,16 +85,26 @@ def _picture(i: int, width: int, height: int, pix_fmt: str, texture: bool) -> av
     chroma = clip_chroma(i, height, width, depth)
     cw, ch = fmt.chroma_width(width), fmt.chroma_height(height)
     for k in (1, 2):
-        _fill(frame, k, chroma[k - 1, ::height // ch, ::width // cw][:ch, :cw])
+        _fill(frame, k, chroma[k - 1, :: height // ch, :: width // cw][:ch, :cw])
     frame.color_range, frame.colorspace, frame.color_primaries, frame.color_trc = 1, 1, 1, 1
     return frame
 
 
-def write_clip(path: Path, *, frames: int = 36, fps: Fraction = Fraction(24000, 1001), width: int = 160,
-               height: int = 96, codec: str = "libx264", pix_fmt: str = "yuv420p",
-               options: dict[str, str] | None = None, audio_codec: str | None = "aac",
-               timecode: str | None = "01:00:00:00", start_time: Fraction = Fraction(0),
-               texture: bool = True) -> Clip:
+def write_clip(
+    path: Path,
+    *,
+    frames: int = 36,
+    fps: Fraction = Fraction(24000, 1001),
+    width: int = 160,
+    height: int = 96,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    options: dict[str, str] | None = None,
+    audio_codec: str | None = "aac",
+    timecode: str | None = "01:00:00:00",
+    start_time: Fraction = Fraction(0),
+    texture: bool = True,
+) -> Clip:
     """Write a clip with PyAV: video pts start at ``start_time`` seconds, audio (a 440 Hz stereo
     tone at 48 kHz, covering the video) starts at 0. The container follows the suffix."""
     fps = Fraction(fps)
@@ -118,9 +129,18 @@ def write_clip(path: Path, *, frames: int = 36, fps: Fraction = Fraction(24000, 
         out.mux(video.encode(None))
         if audio is not None:
             _write_tone(out, audio, float(start_time + frames / fps))
-    return Clip(path=path, frames=frames, fps=fps, width=width, height=height,
-                bit_depth=av.VideoFormat(pix_fmt).components[0].bits, texture=texture, timecode=timecode,
-                audio_codec=audio_codec, start_time=Fraction(round(start_time * fps)) / fps)
+    return Clip(
+        path=path,
+        frames=frames,
+        fps=fps,
+        width=width,
+        height=height,
+        bit_depth=av.VideoFormat(pix_fmt).components[0].bits,
+        texture=texture,
+        timecode=timecode,
+        audio_codec=audio_codec,
+        start_time=Fraction(round(start_time * fps)) / fps,
+    )
 
 
 def _write_tone(out: av.container.OutputContainer, audio: av.audio.stream.AudioStream, seconds: float) -> None:

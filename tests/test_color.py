@@ -1,12 +1,23 @@
 """pipeline.color: YCbCr <-> RGB, code levels, bit depths, luma passthrough."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.color import (change_depth, choose_matrix, chroma_from_rgb, chroma_to_codes, codes_to_chroma,
-                            codes_to_luma, luma_to_codes, merge_luma_chroma, rgb_from_luma_chroma,
-                            rgb_to_ycbcr, ycbcr_to_rgb)
+from pipeline.color import (
+    change_depth,
+    choose_matrix,
+    chroma_from_rgb,
+    chroma_to_codes,
+    codes_to_chroma,
+    codes_to_luma,
+    luma_to_codes,
+    merge_luma_chroma,
+    rgb_from_luma_chroma,
+    rgb_to_ycbcr,
+    ycbcr_to_rgb,
+)
 
 
 @pytest.mark.parametrize("matrix", ["bt601", "bt709"])
@@ -30,12 +41,15 @@ def test_primaries_have_the_textbook_coordinates() -> None:
     np.testing.assert_allclose(chroma_from_rgb(grey, "bt709"), 0.0, atol=1e-7)
 
 
-@pytest.mark.parametrize(("depth", "rng", "black", "white", "neutral", "cmin", "cmax"), [
-    (8, "tv", 16, 235, 128, 16, 240),
-    (10, "tv", 64, 940, 512, 64, 960),
-    (8, "pc", 0, 255, 128, 0, 255),
-    (16, "tv", 16 << 8, 235 << 8, 128 << 8, 16 << 8, 240 << 8),
-])
+@pytest.mark.parametrize(
+    ("depth", "rng", "black", "white", "neutral", "cmin", "cmax"),
+    [
+        (8, "tv", 16, 235, 128, 16, 240),
+        (10, "tv", 64, 940, 512, 64, 960),
+        (8, "pc", 0, 255, 128, 0, 255),
+        (16, "tv", 16 << 8, 235 << 8, 128 << 8, 16 << 8, 240 << 8),
+    ],
+)
 def test_code_levels(depth: int, rng: str, black: int, white: int, neutral: int, cmin: int, cmax: int) -> None:
     y = luma_to_codes(np.array([0.0, 1.0]), depth, rng)
     assert y.tolist() == [black, white]
@@ -63,7 +77,7 @@ def test_change_depth() -> None:
 @pytest.mark.parametrize("depth", [8, 10, 16])
 def test_merge_luma_chroma_passes_luma_through_bit_for_bit(depth: int) -> None:
     dtype = np.uint8 if depth == 8 else np.uint16
-    luma = np.random.default_rng(2).integers(0, 2 ** depth, (12, 20)).astype(dtype)
+    luma = np.random.default_rng(2).integers(0, 2**depth, (12, 20)).astype(dtype)
     chroma = np.random.default_rng(3).uniform(-0.5, 0.5, (2, 12, 20)).astype(np.float32)
     planes = merge_luma_chroma(luma, chroma, depth, "tv")
     assert planes.shape == (3, 12, 20) and planes.dtype == dtype

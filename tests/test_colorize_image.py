@@ -1,4 +1,5 @@
 """Still images: reading targets/references/masks, `postprod colorize-image`, `postprod frame`."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,7 @@ from pipeline.images import read_colour, read_grey, read_mask, write_rgb
 
 
 def postprod(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True)
 
 
 def two_colour_scene(h: int = 64, w: int = 96) -> np.ndarray:
@@ -24,7 +25,7 @@ def two_colour_scene(h: int = 64, w: int = 96) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     rgb = np.zeros((h, w, 3), np.float32)
     rgb[:, : w // 2] = (0.9, 0.35, 0.3)
-    rgb[:, w // 2:] = (0.1, 0.15, 0.55)
+    rgb[:, w // 2 :] = (0.1, 0.15, 0.55)
     stripes = np.where(xx < w // 2, (yy // 4) % 2, (xx // 4) % 2)[..., None] * 0.1
     return np.clip(rgb + stripes.astype(np.float32), 0, 1)
 
@@ -35,8 +36,14 @@ def images(tmp_path: Path) -> dict[str, Path]:
     grey = rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     left = np.zeros(grey.shape, np.float32)
     left[:, : grey.shape[1] // 2] = 1
-    paths = {"ref": tmp_path / "ref.png", "grey": tmp_path / "grey.png", "grey16": tmp_path / "grey16.png",
-             "mask": tmp_path / "mask.png", "small_mask": tmp_path / "small.png", "empty": tmp_path / "empty.png"}
+    paths = {
+        "ref": tmp_path / "ref.png",
+        "grey": tmp_path / "grey.png",
+        "grey16": tmp_path / "grey16.png",
+        "mask": tmp_path / "mask.png",
+        "small_mask": tmp_path / "small.png",
+        "empty": tmp_path / "empty.png",
+    }
     write_rgb(paths["ref"], rgb)
     write_rgb(paths["grey"], grey)
     write_rgb(paths["grey16"], grey, bit_depth=16)
@@ -80,8 +87,17 @@ def test_guided_upsample_keeps_edges_of_the_guide() -> None:
 
 def test_colorize_image_transfers_the_reference_colours(images: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out.png"
-    r = postprod("colorize-image", "--target", str(images["grey16"]), "--ref", str(images["ref"]),
-                 "--device", "cpu", "--out", str(out))
+    r = postprod(
+        "colorize-image",
+        "--target",
+        str(images["grey16"]),
+        "--ref",
+        str(images["ref"]),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     result = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert result.dtype == np.uint16  # a 16-bit target gives a 16-bit result
@@ -97,9 +113,23 @@ def test_colorize_image_with_masks_moves_colour_where_the_masks_say(images: dict
     right = tmp_path / "right.png"
     write_rgb(right, read_mask(images["mask"], (64, 96))[:, ::-1].astype(np.float32))
     out = tmp_path / "out.png"
-    r = postprod("colorize-image", "--target", str(target), "--ref", str(images["ref"]),
-                 "--target-mask", str(images["mask"]), "--ref-mask", str(right),
-                 "--target-mask", str(right), "--ref-mask", str(images["mask"]), "--out", str(out))
+    r = postprod(
+        "colorize-image",
+        "--target",
+        str(target),
+        "--ref",
+        str(images["ref"]),
+        "--target-mask",
+        str(images["mask"]),
+        "--ref-mask",
+        str(right),
+        "--target-mask",
+        str(right),
+        "--ref-mask",
+        str(images["mask"]),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     rgb = cv2.imread(str(out))[:, :, ::-1].astype(np.float32) / 255
     left = rgb[:, 8:40].mean(axis=(0, 1))
@@ -110,8 +140,12 @@ def test_colorize_image_with_masks_moves_colour_where_the_masks_say(images: dict
 def test_colorize_image_bad_input_is_one_line(images: dict[str, Path], tmp_path: Path, case: str) -> None:
     out = tmp_path / "out.png"
     args = ["colorize-image", "--target", str(images["grey"]), "--ref", str(images["ref"]), "--out", str(out)]
-    expect = {"mask size": "mask is 10x10", "missing ref": "no such file", "unpaired": "in pairs",
-              "exists": "already exists"}[case]
+    expect = {
+        "mask size": "mask is 10x10",
+        "missing ref": "no such file",
+        "unpaired": "in pairs",
+        "exists": "already exists",
+    }[case]
     if case == "mask size":
         args += ["--target-mask", str(images["small_mask"]), "--ref-mask", str(images["mask"])]
     elif case == "missing ref":

@@ -5,6 +5,7 @@ Dockerfiles install the project the way the README does (same package spec, torc
 project's pin, every dependency pinned within the project's ranges); ``docker compose config``
 validates the file where the compose plugin exists.
 """
+
 from __future__ import annotations
 
 import re
@@ -84,8 +85,9 @@ def test_compose_services_images_builds_and_volumes_exist() -> None:
 
 def test_prefect_yaml_docker_variant_uses_the_image_compose_builds() -> None:
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
-    images = {d["work_pool"]["job_variables"]["image"] for d in deployments.values()
-              if d["work_pool"].get("job_variables")}
+    images = {
+        d["work_pool"]["job_variables"]["image"] for d in deployments.values() if d["work_pool"].get("job_variables")
+    }
     assert images == {"postprod-gpu:0.1.0"}
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"gpu", "gpu-docker"}
 
@@ -101,9 +103,11 @@ def test_dockerfiles_install_the_readme_package_spec_with_pinned_torch() -> None
         project = [args for args in installs if spec in args]
         assert project == [[spec, "-c", "docker/constraints.txt"]], (kind, installs)
         # torch goes in first: `pip install .` alone would fetch torch's default (CUDA) build
-        assert installs.index(project[0]) > next(i for i, a in enumerate(installs) if any(x.startswith("torch==") for x in a))
+        assert installs.index(project[0]) > next(
+            i for i, a in enumerate(installs) if any(x.startswith("torch==") for x in a)
+        )
         text = dockerfile.read_text()
-        assert "COPY . /opt/postprod" in text and "prefect\", \"worker\", \"start\", \"--pool\", \"gpu\"" in text
+        assert "COPY . /opt/postprod" in text and 'prefect", "worker", "start", "--pool", "gpu"' in text
     assert DOCKERFILES["gpu"].read_text().count("FROM ") == 1 and "nvidia/cuda:" in DOCKERFILES["gpu"].read_text()
     assert "FROM python:3.11-slim" in DOCKERFILES["cpu"].read_text()
 
@@ -130,5 +134,7 @@ def test_docker_compose_config_validates() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose plugin is not installed here")
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True)
+    result = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

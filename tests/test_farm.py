@@ -3,6 +3,7 @@
 reels worker; one reel submitted through the ``colorize-reel`` deployment must come back whole,
 with its shots spread over both shot workers. Slow: servers and workers are real processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_flows import run_to_end, write_cut_reel, write_shot_refs
 
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
-from test_flows import run_to_end, write_cut_reel, write_shot_refs
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,15 @@ class Farm:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("w")
-        self.procs[name] = subprocess.Popen([*PREFECT, *args], env=self.env, cwd=REPO, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [*PREFECT, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self.procs[name]
 
     def cli(self, *args: str, timeout: float = 180) -> str:
-        done = subprocess.run([*PREFECT, *args], env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [*PREFECT, *args], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -65,8 +68,9 @@ class Farm:
             assert f"'name': '{name}'" in self.cli("deployment", "inspect", f"{name}/{name}")
 
     def tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text().splitlines()[-25:])
-                         for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text().splitlines()[-25:]) for p in sorted(self.logs.glob("*.log"))
+        )
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):  # workers first, the server last
@@ -85,10 +89,15 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     root = tmp_path_factory.mktemp("farm")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(root / "home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="1",
-               PREFECT_WORKER_PREFETCH_SECONDS="1", POSTPROD_ROOT=str(REPO),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.update(
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="1",
+        POSTPROD_ROOT=str(REPO),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     (root / "logs").mkdir()
     farm = Farm(env=env, logs=root / "logs")
     try:
@@ -107,8 +116,19 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         farm.cli("global-concurrency-limit", "create", "gpu", "--limit", "2")  # 2 "GPUs" in the farm
         farm.deploy("colorize-shot", "colorize-reel")  # not ingest: its schedule would queue runs here
         for name in ("w1", "w2"):
-            farm.start(name, "worker", "start", "--pool", "gpu", "--work-queue", "shots", "--limit", "1",
-                       "--name", f"farm-{name}")
+            farm.start(
+                name,
+                "worker",
+                "start",
+                "--pool",
+                "gpu",
+                "--work-queue",
+                "shots",
+                "--limit",
+                "1",
+                "--name",
+                f"farm-{name}",
+            )
         farm.start("reels", "worker", "start", "--pool", "gpu", "--work-queue", "reels", "--name", "farm-reels")
         yield farm
     finally:
@@ -128,9 +148,14 @@ def test_two_workers_share_the_shots_of_one_reel(farm: Farm, tmp_path: Path) -> 
     reel = write_cut_reel(tmp_path / "farm-reel.mkv", shots=FARM_SHOTS)
     refs = write_shot_refs(tmp_path / "refs", tuple(range(FARM_SHOTS)))  # one wave: all shots at once
     out, workdir = tmp_path / "out.mkv", tmp_path / "work"
-    params = {"reel": str(reel), "refs": str(refs), "out": str(out), "workdir": str(workdir),
-              "settings": {"codec": "ffv1", "device": "cpu", "missing": "nearest", "work_size": 64},
-              "poll_seconds": 1}
+    params = {
+        "reel": str(reel),
+        "refs": str(refs),
+        "out": str(out),
+        "workdir": str(workdir),
+        "settings": {"codec": "ffv1", "device": "cpu", "missing": "nearest", "work_size": 64},
+        "poll_seconds": 1,
+    }
     done = run_to_end([sys.executable, "-c", SUBMIT, json.dumps(params)], farm.env, REPO, timeout=600)
     assert done.returncode == 0, done.stderr + farm.tail()
     final = json.loads(done.stdout.strip().splitlines()[-1])
@@ -157,15 +182,37 @@ def test_cli_run_with_prefect_api_url_shows_up_on_that_server(farm: Farm, tmp_pa
     reel = write_cut_reel(tmp_path / "ui-reel.mkv", shots=2)
     refs = write_shot_refs(tmp_path / "refs", (0,))
     out = tmp_path / "out.mkv"
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
-           "--codec", "ffv1", "--workdir", str(tmp_path / "work"), "--device", "cpu", "--work-size", "64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        "--reel",
+        str(reel),
+        "--refs",
+        str(refs),
+        "--out",
+        str(out),
+        "--codec",
+        "ffv1",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--device",
+        "cpu",
+        "--work-size",
+        "64",
+    ]
     done = run_to_end(cmd, farm.env, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr + farm.tail()
     assert probe(out).frames == 24
 
     def post(route: str, body: dict) -> list[dict]:
-        request = urllib.request.Request(f"{farm.env['PREFECT_API_URL']}/{route}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"{farm.env['PREFECT_API_URL']}/{route}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.loads(r.read())
 

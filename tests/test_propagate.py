@@ -1,4 +1,5 @@
 """Colour propagation within a shot (pipeline.propagate) on synthetic shots, plus one DAVIS check."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -12,9 +13,20 @@ import pytest
 import torch
 
 from pipeline.metrics import colourfulness, psnr
-from pipeline.propagate import (MemoryStore, NpyStore, PropagationSettings, flow_confidence, flow_estimator,
-                                fusion_weights, optical_flow, propagate_shot, refine_chroma, to_working,
-                                upsample_chroma, warp)
+from pipeline.propagate import (
+    MemoryStore,
+    NpyStore,
+    PropagationSettings,
+    flow_confidence,
+    flow_estimator,
+    fusion_weights,
+    optical_flow,
+    propagate_shot,
+    refine_chroma,
+    to_working,
+    upsample_chroma,
+    warp,
+)
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 FLOW_ONLY = PropagationSettings(attention_every=0)  # no exemplar colorizer: synthetic tests stay fast
@@ -49,8 +61,8 @@ def translating_shot(n: int, h: int, w: int, step: tuple[int, int]) -> tuple[lis
     for t in range(n):
         y0 = t * dy if dy >= 0 else big_h - h + t * dy - 1
         x0 = t * dx if dx >= 0 else big_w - w + t * dx - 1
-        ls.append(canvas_l[y0:y0 + h, x0:x0 + w].copy())
-        abs_.append(canvas_ab[:, y0:y0 + h, x0:x0 + w].copy())
+        ls.append(canvas_l[y0 : y0 + h, x0 : x0 + w].copy())
+        abs_.append(canvas_ab[:, y0 : y0 + h, x0 : x0 + w].copy())
     return ls, abs_
 
 
@@ -60,7 +72,7 @@ def test_translating_pattern_keeps_its_colours() -> None:
     assert len(out) == 12 and out[0].shape == (2, 64, 96)
     np.testing.assert_array_equal(out[0], truth[0].astype(np.float16).astype(np.float32))
     # content enters at the right and bottom (2 and 1 px a frame): score what was in frame 0
-    inner = np.s_[:, 4:64 - 12, 4:96 - 22]
+    inner = np.s_[:, 4 : 64 - 12, 4 : 96 - 22]
     err = np.abs(out[11] - truth[11])[inner].mean()
     copy_err = np.abs(truth[0] - truth[11])[inner].mean()
     assert err < 2.0, err
@@ -72,8 +84,8 @@ def test_long_shot_does_not_fade() -> None:
     h, w, n = 32, 48, 300
     canvas_l, canvas_ab = texture(h, w + 8, seed=3), colour_field(h, w + 8)
     offsets = [4 + round(4 * np.sin(2 * np.pi * t / 37)) for t in range(n)]
-    ls = [canvas_l[:, o:o + w] for o in offsets]
-    truth = [canvas_ab[:, :, o:o + w] for o in offsets]
+    ls = [canvas_l[:, o : o + w] for o in offsets]
+    truth = [canvas_ab[:, :, o : o + w] for o in offsets]
     out = list(propagate_shot(iter(ls), {0: truth[0]}, length=n, store=MemoryStore(), settings=FLOW_ONLY))
     start = colourfulness(lab_to_rgb_np(ls[0], out[0]))
     end = colourfulness(lab_to_rgb_np(ls[-1], out[-1]))
@@ -113,8 +125,8 @@ def test_confidence_is_restored_where_the_keyframe_still_matches() -> None:
     canvas_l, canvas_ab = texture(h, w + 8, seed=4), colour_field(h, w + 8)
     grain = np.random.default_rng(5)
     offsets = [4 + round(4 * np.sin(2 * np.pi * t / 23)) for t in range(n)]
-    ls = [canvas_l[:, o:o + w] + grain.normal(0, 2.0, (h, w)).astype(np.float32) for o in offsets]
-    truth = [canvas_ab[:, :, o:o + w] for o in offsets]
+    ls = [canvas_l[:, o : o + w] + grain.normal(0, 2.0, (h, w)).astype(np.float32) for o in offsets]
+    truth = [canvas_ab[:, :, o : o + w] for o in offsets]
 
     def grey(target_l: np.ndarray, references: object) -> np.ndarray:
         return np.zeros((2, *target_l.shape), np.float32)
@@ -138,8 +150,8 @@ def test_background_revealed_behind_a_moving_object_gets_its_keyframe_colours() 
     ls, truth = [], []
     for t in range(n):
         l, ab = back_l.copy(), back_ab.copy()
-        l[16:48, 4 * t:4 * t + 32] = square_l
-        ab[:, 16:48, 4 * t:4 * t + 32] = np.array([-30.0, 50.0], np.float32)[:, None, None]
+        l[16:48, 4 * t : 4 * t + 32] = square_l
+        ab[:, 16:48, 4 * t : 4 * t + 32] = np.array([-30.0, 50.0], np.float32)[:, None, None]
         ls.append(l)
         truth.append(ab)
     revealed = np.s_[:, 20:44, 40:60]  # seen in the keyframe, covered in frames 3-14, seen at the end
@@ -152,8 +164,7 @@ def test_background_revealed_behind_a_moving_object_gets_its_keyframe_colours() 
     assert errors[True] < errors[False] / 4, errors
 
 
-def test_output_blends_propagated_and_attention_colours_by_confidence_power(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_blends_propagated_and_attention_colours_by_confidence_power(monkeypatch: pytest.MonkeyPatch) -> None:
     # still frames of one colour, the forward-backward check pinned at C = 1/4, a colorizer that
     # answers another colour: the output is C^p * propagated + (1 - C^p) * attention term
     import pipeline.propagate as propagate
@@ -170,8 +181,9 @@ def test_output_blends_propagated_and_attention_colours_by_confidence_power(
         return np.stack([np.full(target_l.shape, -10.0, np.float32), np.zeros(target_l.shape, np.float32)])
 
     for power, a in ((1.0, 0.25 * 30 + 0.75 * -10), (0.5, 0.5 * 30 + 0.5 * -10)):
-        settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_blend=1.0, anchor=False,
-                                       confidence_power=power)
+        settings = PropagationSettings(
+            attention_every=1, attention_min_area=0.0, attention_blend=1.0, anchor=False, confidence_power=power
+        )
         out = list(propagate_shot(ls, {0: key}, colorizer=other, store=MemoryStore(), settings=settings))
         np.testing.assert_allclose(out[1][0, 4:-4, 4:-4], a, atol=0.05)
 
@@ -179,7 +191,7 @@ def test_output_blends_propagated_and_attention_colours_by_confidence_power(
 def test_attention_references_are_the_keyframe_and_optionally_the_previous_output() -> None:
     h, w, n = 32, 40, 6
     canvas_l, canvas_ab = texture(h, w + 8, seed=2), colour_field(h, w + 8)
-    ls = [canvas_l[:, t:t + w] for t in range(n)]  # a pan: new content at one edge every frame
+    ls = [canvas_l[:, t : t + w] for t in range(n)]  # a pan: new content at one edge every frame
     for previous in (False, True):
         seen: list[int] = []
 
@@ -189,8 +201,7 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
             return np.zeros((2, *target_l.shape), np.float32)
 
         settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_previous=previous)
-        list(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(),
-                            settings=settings))
+        list(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(), settings=settings))
         assert seen == [2 if previous else 1] * (n - 1)
 
 
@@ -301,8 +312,13 @@ def test_streaming_holds_a_bounded_number_of_frames(tmp_path: Path) -> None:
     def peak_bytes(n: int) -> int:
         long_ls = [texture(48, 64, seed=i % 3) for i in range(n)]
         tracemalloc.start()
-        for _ in propagate_shot(iter(long_ls), {0: np.zeros((2, 48, 64), np.float32)}, length=n,
-                                store=NpyStore(tmp_path / f"store{n}"), settings=FLOW_ONLY):
+        for _ in propagate_shot(
+            iter(long_ls),
+            {0: np.zeros((2, 48, 64), np.float32)},
+            length=n,
+            store=NpyStore(tmp_path / f"store{n}"),
+            settings=FLOW_ONLY,
+        ):
             pass
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -362,8 +378,12 @@ def test_davis_beats_copying_the_keyframe() -> None:
     frames = sorted((DAVIS / "car-shadow" / "frames").glob("*.jpg"))[:10]
     labs = []
     for p in frames:
-        rgb = cv2.cvtColor(cv2.resize(cv2.imread(str(p)), (320, 180), interpolation=cv2.INTER_AREA),
-                           cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+        rgb = (
+            cv2.cvtColor(
+                cv2.resize(cv2.imread(str(p)), (320, 180), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
+            ).astype(np.float32)
+            / 255
+        )
         labs.append(rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].numpy())
     settings = PropagationSettings(work_size=128, attention_every=4)
     luma = [to_working(lab[0], 128) for lab in labs]

@@ -3,6 +3,7 @@
 Nothing here decodes video: a small generated clip is only probed for its size, and the shot
 lists are made by hand (3 shots of 12 frames over the 36-frame clip).
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.media.probe import ReelInfo, probe
-from pipeline.refs import Problem, RefsProblems, RefSet, frame_of_timecode, read_refs
+from pipeline.refs import Problem, RefSet, RefsProblems, frame_of_timecode, read_refs
 from pipeline.shots import Shot, ShotList
 
 H, W = 96, 160  # the clip_8bit fixture's size
@@ -27,8 +28,13 @@ def info(clip_8bit) -> ReelInfo:
 @pytest.fixture(scope="module")
 def shots(clip_8bit) -> ShotList:
     """3 shots of 12 frames, timecode 01:00:00:00 at 24000/1001 (24 frames a timecode second)."""
-    return ShotList(clip_8bit.path, Fraction(24000, 1001), 36, "01:00:00:00",
-                    (Shot(0, 0, 12, "start"), Shot(1, 12, 24), Shot(2, 24, 36)))
+    return ShotList(
+        clip_8bit.path,
+        Fraction(24000, 1001),
+        36,
+        "01:00:00:00",
+        (Shot(0, 0, 12, "start"), Shot(1, 12, 24), Shot(2, 24, 36)),
+    )
 
 
 def colour(path: Path, size: tuple[int, int] = (H, W), seed: int = 0) -> Path:
@@ -42,7 +48,7 @@ def mask(path: Path, size: tuple[int, int] = (H, W), empty: bool = False) -> Pat
     """Write a mask of ``size`` (h, w): a filled rectangle, or nothing with ``empty``."""
     m = np.zeros(size, dtype=np.uint8)
     if not empty:
-        m[size[0] // 4: size[0] // 2, size[1] // 4: size[1] // 2] = 255
+        m[size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2] = 255
     cv2.imwrite(str(path), m)
     return path
 
@@ -63,8 +69,7 @@ def test_frame_and_shot_names(tmp_path: Path, info: ReelInfo, shots: ShotList) -
     refs = read_refs(tmp_path, info, shots)
     assert refs.problems == ()
     found = {r.image.name: (r.shot, r.frame, r.size) for r in refs.refs}
-    assert found == {"frame-5.png": (0, 5, (H, W)), "frame-0013.TIFF": (1, 13, (H, W)),
-                     "shot-2.jpg": (2, None, (H, W))}
+    assert found == {"frame-5.png": (0, 5, (H, W)), "frame-0013.TIFF": (1, 13, (H, W)), "shot-2.jpg": (2, None, (H, W))}
     assert [r.image.name for r in refs.for_shot(1)] == ["frame-0013.TIFF"]
 
 
@@ -79,8 +84,10 @@ def test_objects_with_and_without_their_own_image(tmp_path: Path, info: ReelInfo
     assert refs.problems == ()
     (ref,) = refs.refs
     objects = {o.name: (o.image.name, o.mask.name, o.refmask.name) for o in ref.objects}
-    assert objects == {"car": ("shot-1.png", "shot-1.car.mask.png", "shot-1.car.refmask.png"),
-                       "dog": ("shot-1.dog.jpg", "shot-1.dog.mask.png", "shot-1.dog.refmask.png")}
+    assert objects == {
+        "car": ("shot-1.png", "shot-1.car.mask.png", "shot-1.car.refmask.png"),
+        "dog": ("shot-1.dog.jpg", "shot-1.dog.mask.png", "shot-1.dog.refmask.png"),
+    }
 
 
 def test_refs_toml_frame_timecode_shot_and_keyframe(tmp_path: Path, info: ReelInfo, shots: ShotList) -> None:
@@ -88,7 +95,7 @@ def test_refs_toml_frame_timecode_shot_and_keyframe(tmp_path: Path, info: ReelIn
         colour(tmp_path / name)
     mask(tmp_path / "m.png")
     mask(tmp_path / "r.png")
-    (tmp_path / "refs.toml").write_text('''
+    (tmp_path / "refs.toml").write_text("""
 [[ref]]
 image = "a.png"
 frame = 3
@@ -114,13 +121,15 @@ shot = 2
 name = "car"
 mask = "m.png"
 refmask = "r.png"
-''')
+""")
     refs = read_refs(tmp_path, info, shots)
     assert refs.problems == ()  # a.png... are named by refs.toml, so not unknown names
     found = {r.image.name: (r.shot, r.frame) for r in refs.refs}
     assert found == {"a.png": (0, 3), "b.png": (2, 26), "c.png": (1, 15), "d.png": (0, 5), "e.png": (2, None)}
     (e,) = [r for r in refs.refs if r.image.name == "e.png"]
-    assert [(o.name, o.image.name, o.mask.name, o.refmask.name) for o in e.objects] == [("car", "e.png", "m.png", "r.png")]
+    assert [(o.name, o.image.name, o.mask.name, o.refmask.name) for o in e.objects] == [
+        ("car", "e.png", "m.png", "r.png")
+    ]
     assert e.origin == "refs.toml [[ref]] #5"
 
 
@@ -146,12 +155,15 @@ def test_drop_frame_timecode_in_refs_toml(tmp_path: Path, make_clip) -> None:
     df = ShotList(clip.path, info.fps, info.frames, info.timecode, (Shot(0, 0, info.frames, "start"),))
     colour(tmp_path / "a.png")
     colour(tmp_path / "b.png")
-    (tmp_path / "refs.toml").write_text('[[ref]]\nimage = "a.png"\ntimecode = "00:01:00;02"\n'
-                                        '[[ref]]\nimage = "b.png"\ntimecode = "00:01:00:02"\n')
+    (tmp_path / "refs.toml").write_text(
+        '[[ref]]\nimage = "a.png"\ntimecode = "00:01:00;02"\n[[ref]]\nimage = "b.png"\ntimecode = "00:01:00:02"\n'
+    )
     refs = read_refs(tmp_path, info, df)
     assert [(r.image.name, r.frame) for r in refs.refs] == [("a.png", 2)]
-    assert problems_of(refs) == [f"{tmp_path / 'refs.toml'}: [[ref]] #2: timecode '00:01:00:02' is in the wrong "
-                                 "mode: the reel's timecode is drop-frame (HH:MM:SS;FF)"]
+    assert problems_of(refs) == [
+        f"{tmp_path / 'refs.toml'}: [[ref]] #2: timecode '00:01:00:02' is in the wrong "
+        "mode: the reel's timecode is drop-frame (HH:MM:SS;FF)"
+    ]
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, info: ReelInfo, shots: ShotList) -> None:
@@ -216,7 +228,7 @@ def test_broken_refs_toml_and_name_mistakes(tmp_path: Path, info: ReelInfo, shot
 
 def test_refs_toml_schema_mistakes(tmp_path: Path, info: ReelInfo, shots: ShotList) -> None:
     colour(tmp_path / "a.png")
-    (tmp_path / "refs.toml").write_text('''
+    (tmp_path / "refs.toml").write_text("""
 [[ref]]
 image = "a.png"
 frame = 2
@@ -234,7 +246,7 @@ keyframe = 30
 
 [[ref]]
 frame = -1
-''')
+""")
     refs = read_refs(tmp_path, info, shots)
     toml = tmp_path / "refs.toml"
     assert set(problems_of(refs)) == {

@@ -1,4 +1,5 @@
 """`postprod run` end to end on the bundled demo reel, as plain Python (engine local)."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,7 +14,8 @@ import pytest
 
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
-from pipeline.run import RunSettings, load_plan, run_reel, segment_path
+from pipeline.run import RunSettings, run_reel
+from pipeline.workdir import load_plan, segment_path
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
 
@@ -28,8 +30,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The demo colorized once into FFV1: (output, work folder)."""
     work = tmp_path_factory.mktemp("run")
     out = work / "demo.mkv"
-    run_reel(DEMO / "reel.mov", DEMO / "refs", out, workdir=work / "work",
-             settings=RunSettings(codec="ffv1", device="cpu"))
+    run_reel(
+        DEMO / "reel.mov", DEMO / "refs", out, workdir=work / "work", settings=RunSettings(codec="ffv1", device="cpu")
+    )
     return out, work / "work"
 
 
@@ -59,9 +62,9 @@ def test_every_shot_is_coloured(demo_run: tuple[Path, Path]) -> None:
 
 def test_finished_shots_are_not_recomputed(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
     out, work = demo_run
-    plan_path = work / "plan.json"
     settings = RunSettings(codec="ffv1", device="cpu")
-    segments = [segment_path(plan_path, s.index, work, settings) for s in load_plan(plan_path).shots]
+    plan = load_plan(work / "plan.json")
+    segments = [segment_path(work, plan, s.index, settings) for s in plan.shots]
     stamps = [p.stat().st_mtime_ns for p in segments]
     again = tmp_path / "again.mkv"
     run_reel(DEMO / "reel.mov", DEMO / "refs", again, workdir=work, settings=settings)
@@ -75,9 +78,28 @@ def test_bad_refs_stop_before_any_work(tmp_path: Path) -> None:
     (refs / "frame-9999.png").write_bytes((refs / "frame-0.png").read_bytes())
     (refs / "shot-7.png").write_bytes(b"not an image")
     work = tmp_path / "work"
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--engine", "local", "--reel",
-                        str(DEMO / "reel.mov"), "--refs", str(refs), "--out", str(tmp_path / "o.mkv"),
-                        "--codec", "ffv1", "--workdir", str(work)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            "--engine",
+            "local",
+            "--reel",
+            str(DEMO / "reel.mov"),
+            "--refs",
+            str(refs),
+            "--out",
+            str(tmp_path / "o.mkv"),
+            "--codec",
+            "ffv1",
+            "--workdir",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "frame-9999.png" in r.stderr and "shot-7.png" in r.stderr  # every problem, at once
     assert not (work / "segments").exists() and not (tmp_path / "o.mkv").exists()
@@ -99,19 +121,21 @@ def test_artist_keyframe_keeps_its_fine_colour_detail(tmp_path: Path) -> None:
     refs.mkdir()
     write_rgb(refs / "frame-0.png", ycbcr_to_rgb(grey, painted, info.matrix), bit_depth=16)
     settings = RunSettings(codec="ffv1", device="cpu", work_size=64)
-    plan_path = prepare_run(DEMO / "reel.mov", refs, tmp_path / "work", settings)
-    assert load_plan(plan_path).shots[0].keyframes[0].kind == "coloured"
-    segment = colorize_shot(plan_path, 0, tmp_path / "work", settings)
+    plan = prepare_run(DEMO / "reel.mov", refs, tmp_path / "work", settings)
+    assert plan.shots[0].keyframes[0].kind == "coloured"
+    segment = colorize_shot(plan, 0, tmp_path / "work", settings)
+    assert segment is not None
     out = next(iter_frames(segment, 0, 1, chroma=True)).chroma
     assert np.percentile(np.abs(out - painted), 99) < 0.01  # 8-bit chroma codes: 1/224 a step
 
 
 def test_a_new_colour_version_recomputes_shots(demo_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments left by a postprod whose colour maths differed are not reused."""
-    import pipeline.run as run
+    import pipeline.workdir as workdir
 
     _, work = demo_run
     settings = RunSettings(codec="ffv1", device="cpu")
-    before = run.shot_key(work / "plan.json", 0, settings)
-    monkeypatch.setattr(run, "COLOUR_VERSION", run.COLOUR_VERSION + 1)
-    assert run.shot_key(work / "plan.json", 0, settings) != before
+    plan = load_plan(work / "plan.json")
+    before = workdir.shot_key(plan, 0, settings)
+    monkeypatch.setattr(workdir, "COLOUR_VERSION", workdir.COLOUR_VERSION + 1)
+    assert workdir.shot_key(plan, 0, settings) != before

@@ -1,4 +1,5 @@
 """Shot detection (pipeline.shots): synthetic luma sequences, a small grey DAVIS reel, writers, CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.bench_shots import DATA, write_grey_reel
-from pipeline.cli import cli
+from cli.main import cli
 from pipeline.errors import PostprodError
 from pipeline.shots import (
     CutDetector,
@@ -49,8 +50,15 @@ def shot(seed: int, n: int, *, pan: float = 1.0) -> list[np.ndarray]:
     """``n`` float32 (H, W) frames in [0, 1] of one picture panning ``pan`` px per frame (half that down), grainy."""
     tex = texture(seed, margin=int(np.ceil(n * pan)) + 2)
     rng = np.random.default_rng(seed + 1000)
-    return [np.clip(cv2.warpAffine(tex, np.float32([[1, 0, -i * pan], [0, 1, -i * pan / 2]]), (W, H))
-                    + rng.normal(0, 0.01, (H, W)).astype(np.float32), 0, 1) for i in range(n)]
+    return [
+        np.clip(
+            cv2.warpAffine(tex, np.float32([[1, 0, -i * pan], [0, 1, -i * pan / 2]]), (W, H))
+            + rng.normal(0, 0.01, (H, W)).astype(np.float32),
+            0,
+            1,
+        )
+        for i in range(n)
+    ]
 
 
 def to_u8(frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -64,6 +72,7 @@ def found(frames: list[np.ndarray], **settings: object) -> list[tuple[int, str]]
 
 
 # --- synthetic sequences ---------------------------------------------------------------------
+
 
 def test_hard_cut() -> None:
     assert found(shot(1, 30) + shot(2, 30)) == [(30, "cut")]
@@ -95,9 +104,11 @@ def test_dissolve_cuts_where_the_new_picture_takes_over() -> None:
 @pytest.mark.parametrize("flash", ["white", "overexposed", "other-picture"])
 def test_a_single_odd_frame_does_not_cut(flash: str) -> None:
     frames = shot(1, 60)
-    frames[30] = {"white": np.ones((H, W), np.float32),
-                  "overexposed": np.clip(frames[30] * 0.4 + 0.7, 0, 1),
-                  "other-picture": shot(7, 1)[0]}[flash]
+    frames[30] = {
+        "white": np.ones((H, W), np.float32),
+        "overexposed": np.clip(frames[30] * 0.4 + 0.7, 0, 1),
+        "other-picture": shot(7, 1)[0],
+    }[flash]
     assert found(frames) == []
 
 
@@ -149,6 +160,7 @@ def test_shots_cover_the_reel_with_exclusive_ends() -> None:
 
 
 # --- coarse-to-fine (intra-only reels) ------------------------------------------------------------
+
 
 def edited_reel() -> list[np.ndarray]:
     """300 float32 frames: a cut at 70, a fade through black (blank 140-145), a 20-frame dissolve
@@ -257,10 +269,16 @@ def test_detect_shots_goes_coarse_to_fine_on_an_intra_only_reel(intra_reel: Path
 
 # --- writers ----------------------------------------------------------------------------------
 
+
 def ntsc_shots(tmp_path: Path) -> ShotList:
     """29.97 fps, drop-frame start timecode; the second shot starts at frame 1800 (one minute in)."""
-    return ShotList(tmp_path / "reel.mov", Fraction(30000, 1001), 2000, "01:00:00;00",
-                    (Shot(0, 0, 1800, "start"), Shot(1, 1800, 2000, "fade")))
+    return ShotList(
+        tmp_path / "reel.mov",
+        Fraction(30000, 1001),
+        2000,
+        "01:00:00;00",
+        (Shot(0, 0, 1800, "start"), Shot(1, 1800, 2000, "fade")),
+    )
 
 
 def test_json_has_the_agreed_keys(tmp_path: Path) -> None:
@@ -268,7 +286,9 @@ def test_json_has_the_agreed_keys(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "shots.json").read_text())
     assert data["fps"] == "30000/1001" and data["frames"] == 2000
     assert [{k: s[k] for k in ("index", "start", "end")} for s in data["shots"]] == [
-        {"index": 0, "start": 0, "end": 1800}, {"index": 1, "start": 1800, "end": 2000}]
+        {"index": 0, "start": 0, "end": 1800},
+        {"index": 1, "start": 1800, "end": 2000},
+    ]
 
 
 def test_csv_columns_and_drop_frame_timecodes(tmp_path: Path) -> None:
@@ -291,7 +311,8 @@ def test_edl_is_cmx3600_with_reel_timecodes(tmp_path: Path) -> None:
     assert all(events) and len(events) == 2
     assert [e.groups()[2:] for e in events] == [
         ("01:00:00;00", "01:01:00;02", "01:00:00;00", "01:01:00;02"),
-        ("01:01:00;02", "01:01:06;22", "01:01:00;02", "01:01:06;22")]
+        ("01:01:00;02", "01:01:06;22", "01:01:00;02", "01:01:06;22"),
+    ]
     assert "* FROM CLIP NAME: reel.mov" in lines
 
 
@@ -316,6 +337,7 @@ def test_writers_refuse_to_overwrite_without_force(tmp_path: Path) -> None:
 
 # --- CLI ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_reel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 frames at 24 fps, a hard cut at 24."""
@@ -326,8 +348,21 @@ def small_reel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cli_shots_writes_all_formats(small_reel: Path, tmp_path: Path) -> None:
     out = {ext: tmp_path / f"s.{ext}" for ext in ("json", "csv", "edl")}
-    res = CliRunner().invoke(cli, ["shots", str(small_reel), "--json", str(out["json"]), "--csv", str(out["csv"]),
-                                   "--edl", str(out["edl"]), "--min-shot-len", "8"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "shots",
+            str(small_reel),
+            "--json",
+            str(out["json"]),
+            "--csv",
+            str(out["csv"]),
+            "--edl",
+            str(out["edl"]),
+            "--min-shot-len",
+            "8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "2 shots in 48 frames" in res.output
     assert [(s["start"], s["end"]) for s in json.loads(out["json"].read_text())["shots"]] == [(0, 24), (24, 48)]
@@ -340,9 +375,14 @@ def test_cli_shots_prints_json_and_fails_in_one_line(small_reel: Path, tmp_path:
     assert res.exit_code == 0 and json.loads(res.output)["frames"] == 48
     existing = tmp_path / "taken.json"
     existing.write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "shots", str(small_reel), "--json", str(existing)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "shots", str(small_reel), "--json", str(existing)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"postprod: error: {existing}: output already exists "
-                                                "(use --force to replace it)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"postprod: error: {existing}: output already exists (use --force to replace it)"
+    ]
     assert existing.read_text() == "{}"

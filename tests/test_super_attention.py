@@ -1,4 +1,5 @@
 """Super-features encoding / matching / unpooling, masked attention, batching and linear cost."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,18 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.super_attention import (SuperAttention, attention, correlation, encode_superfeatures,
-                                   mask_labels, normalise_superfeatures, pair_mask, super_attention,
-                                   superpixel_membership, unpool)
+from model.super_attention import (
+    SuperAttention,
+    attention,
+    correlation,
+    encode_superfeatures,
+    mask_labels,
+    normalise_superfeatures,
+    pair_mask,
+    super_attention,
+    superpixel_membership,
+    unpool,
+)
 from model.superpixels import superpixels
 
 
@@ -19,10 +29,12 @@ def tiny() -> tuple[torch.Tensor, torch.Tensor]:
     some ignored (-1) pixels."""
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(2, 3, 4, 5, generator=gen)
-    labels = torch.tensor([
-        [[0, 0, 1, 1, 1], [0, 2, 2, 1, 1], [3, 2, 2, 2, 1], [3, 3, 3, 2, 1]],
-        [[0, 0, 0, -1, -1], [1, 1, 0, -1, 2], [1, 1, 2, 2, 2], [-1, 1, 2, 2, 2]],
-    ])
+    labels = torch.tensor(
+        [
+            [[0, 0, 1, 1, 1], [0, 2, 2, 1, 1], [3, 2, 2, 2, 1], [3, 3, 3, 2, 1]],
+            [[0, 0, 0, -1, -1], [1, 1, 0, -1, 2], [1, 1, 2, 2, 2], [-1, 1, 2, 2, 2]],
+        ]
+    )
     return features, labels
 
 
@@ -66,7 +78,7 @@ def test_membership_and_pair_mask() -> None:
         [True, False, False],  # in target mask 0 -> reference superpixels of reference mask 0
         [False, False, True],  # in target mask 1 -> reference mask 1
         [True, False, False],
-        [True, True, True],    # in no mask -> unmasked matching
+        [True, True, True],  # in no mask -> unmasked matching
     ]
     # a target mask whose reference mask is empty falls back to the unmasked matching
     allowed = pair_mask(member, torch.zeros(1, 3, 2, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool))
@@ -116,7 +128,7 @@ def test_attention_per_row_temperature_and_log_prior() -> None:
     taus = torch.tensor([0.01, 0.05, 0.2, 1.0]).view(1, 4, 1)
     rows = attention(scores, taus)
     for i, tau in enumerate(taus.flatten().tolist()):
-        torch.testing.assert_close(rows[:, i], attention(scores[:, i:i + 1], tau)[:, 0])
+        torch.testing.assert_close(rows[:, i], attention(scores[:, i : i + 1], tau)[:, 0])
     # a prior multiplies the rows by exp(prior) before renormalising
     prior = torch.randn(1, 4, 6, generator=gen)
     expected = attention(scores, 0.05) * prior.exp()
@@ -177,15 +189,18 @@ def test_batches_with_different_counts_match_single_runs() -> None:
     gen = torch.Generator().manual_seed(4)
     f_t, f_r = torch.randn(2, 5, 12, 12, generator=gen), torch.randn(2, 5, 10, 14, generator=gen)
     phi = torch.randn(2, 3, 10, 14, generator=gen)
-    labels_t = torch.stack([superpixels(torch.rand(12, 12, generator=gen), n_segments=n, method="grid")
-                            for n in (9, 16)])
-    labels_r = torch.stack([superpixels(torch.rand(10, 14, generator=gen), n_segments=n, method="grid")
-                            for n in (20, 6)])
+    labels_t = torch.stack(
+        [superpixels(torch.rand(12, 12, generator=gen), n_segments=n, method="grid") for n in (9, 16)]
+    )
+    labels_r = torch.stack(
+        [superpixels(torch.rand(10, 14, generator=gen), n_segments=n, method="grid") for n in (20, 6)]
+    )
     batched = super_attention(f_t, f_r, phi, labels_t, labels_r)
     for b in range(2):
-        single = super_attention(f_t[b:b + 1], f_r[b:b + 1], phi[b:b + 1], labels_t[b:b + 1],
-                                 labels_r[b:b + 1])
-        torch.testing.assert_close(batched[b:b + 1], single)
+        single = super_attention(
+            f_t[b : b + 1], f_r[b : b + 1], phi[b : b + 1], labels_t[b : b + 1], labels_r[b : b + 1]
+        )
+        torch.testing.assert_close(batched[b : b + 1], single)
 
 
 def test_module_learned_projections_train() -> None:

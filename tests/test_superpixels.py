@@ -1,4 +1,5 @@
 """Superpixel label maps: counts, contiguity, masks, regions, pyramid."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,7 @@ import math
 import pytest
 import torch
 
-from model.superpixels import (default_n_segments, region_map, relabel, superpixel_pyramid,
-                               superpixels)
+from model.superpixels import default_n_segments, region_map, relabel, superpixel_pyramid, superpixels
 
 
 def smooth_image(h: int, w: int) -> torch.Tensor:
@@ -102,8 +102,8 @@ def test_pyramid_recomputes_each_level() -> None:
     mask = torch.zeros(64, 96, dtype=torch.bool)
     mask[:, :48] = True
     masked = superpixel_pyramid(image, sizes, mask=mask)
-    for (h, w), labels in zip(sizes, masked):
-        assert (labels[:, w // 2:] == -1).all() and (labels[:, : w // 2] >= 0).all()
+    for (_, w), labels in zip(sizes, masked):
+        assert (labels[:, w // 2 :] == -1).all() and (labels[:, : w // 2] >= 0).all()
 
 
 def test_relabel_and_region_map() -> None:

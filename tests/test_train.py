@@ -1,4 +1,5 @@
 """Training pipeline (model/train.py, ``postprod train``): pairs, losses, a CI smoke training with resume."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
+from cli.main import cli
 from model.color import rgb_to_lab
 from model.net import load_colornet
 from model.train import Bank, TrainConfig, build_bank, losses, random_warp_grid, sample_batch
-from pipeline.cli import cli
 from pipeline.images import list_sequences
 
 
@@ -74,8 +75,10 @@ def test_sample_batch_pairs() -> None:
     assert set(labels_r.unique().tolist()) <= set(range(-1, 16))  # warped labels keep the ids, -1 outside
     # the target is one of the bank's windows (maybe flipped), exactly: L comes from the ground truth
     windows = rgb_to_lab(bank.rgb.float() / 255)
-    assert all(any(torch.allclose(t, w, atol=1e-4) or torch.allclose(t, w.flip(-1), atol=1e-4) for w in windows)
-               for t in target)
+    assert all(
+        any(torch.allclose(t, w, atol=1e-4) or torch.allclose(t, w.flip(-1), atol=1e-4) for w in windows)
+        for t in target
+    )
     again = sample_batch(bank, config, torch.Generator().manual_seed(1))
     assert torch.equal(again[2], ref)  # the seed fixes the pair, warp and colour jitter
 
@@ -92,8 +95,29 @@ def test_losses_vanish_on_the_ground_truth() -> None:
 
 
 def _train(runner: CliRunner, data: Path, out: Path, steps: int, *extra: str):
-    return runner.invoke(cli, ["train", "--data", str(data), "--out", str(out), "--steps", str(steps), "--batch", "2",
-                               "--size", "32", "--eval-every", "2", "--device", "cpu", "--seed", "3", *extra])
+    return runner.invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--batch",
+            "2",
+            "--size",
+            "32",
+            "--eval-every",
+            "2",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            *extra,
+        ],
+    )
 
 
 def test_train_smoke_checkpoint_and_resume(tmp_path: Path) -> None:
@@ -127,6 +151,7 @@ def test_train_errors_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("steps", [0])
 def test_steps_must_be_positive(tmp_path: Path, steps: int) -> None:
-    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                                      "--steps", str(steps)])
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", str(steps)]
+    )
     assert result.exit_code == 2 and "--steps" in result.output

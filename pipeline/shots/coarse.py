@@ -28,8 +28,10 @@ the step around the cut (fast motion). It also misses a blank run longer than th
 shorter than ``step`` between two samples of the same picture (the dense path reports a fade).
 On every bench reel both paths give the same boundaries (``bench/README.md``).
 """
+
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -135,8 +137,15 @@ def _missing(stretches: Sequence[range], have: dict[int, FrameFeatures]) -> list
     return out
 
 
-def detect_transitions_coarse(read: Reader, frames: int, *, step: int, bit_depth: int = 8,
-                              limited_range: bool = False, settings: ShotSettings = ShotSettings()) -> list[Transition]:
+def detect_transitions_coarse(
+    read: Reader,
+    frames: int,
+    *,
+    step: int,
+    bit_depth: int = 8,
+    limited_range: bool = False,
+    settings: ShotSettings = ShotSettings(),
+) -> list[Transition]:
     """The transitions :func:`~pipeline.shots.detectors.detect_transitions` finds, decoding fewer frames.
 
     Args:
@@ -167,9 +176,12 @@ def detect_transitions_coarse(read: Reader, frames: int, *, step: int, bit_depth
     # round 1: samples
     grid = [range(0, frames, step)] + ([range(frames - 1, frames)] if (frames - 1) % step else [])
     samples = list(decode(grid))
-    pairs = list(zip(samples, samples[1:]))
-    maybe = [k for k, (a, b) in enumerate(pairs)
-             if frame_distance(a, b) >= cut.min_score / 2 or _blank(a, coverage) or _blank(b, coverage)]
+    pairs = list(itertools.pairwise(samples))
+    maybe = [
+        k
+        for k, (a, b) in enumerate(pairs)
+        if frame_distance(a, b) >= cut.min_score / 2 or _blank(a, coverage) or _blank(b, coverage)
+    ]
     sure = possible_dissolves(samples, dissolve) if dissolve else set()
     todo = [k for k in maybe if k not in sure]
     between = [range(pairs[k][0].index + 1, pairs[k][1].index) for k in todo]
@@ -181,14 +193,16 @@ def detect_transitions_coarse(read: Reader, frames: int, *, step: int, bit_depth
         list(decode(between))
         for k in todo:
             gap = [have[i] for i in range(pairs[k][0].index, pairs[k][1].index + 1)]
-            if any(_blank(f, coverage) for f in gap) or \
-                    max(frame_distance(a, b) for a, b in zip(gap, gap[1:])) >= cut.min_score:
+            if (
+                any(_blank(f, coverage) for f in gap)
+                or max(frame_distance(a, b) for a, b in itertools.pairwise(gap)) >= cut.min_score
+            ):
                 sure.add(k)
         gaps = [(pairs[k][0].index, pairs[k][1].index) for k in sure]
     # round 3: the detectors over each such gap and its context
     core = np.zeros(frames, dtype=bool)  # frames where a boundary may be kept
     for first, last in gaps:
-        core[first + 1:last + 1] = True
+        core[first + 1 : last + 1] = True
     stretches = _stretches(gaps, frames)
     dense = decode(_missing(stretches, have))
 
@@ -200,5 +214,6 @@ def detect_transitions_coarse(read: Reader, frames: int, *, step: int, bit_depth
             yield f
 
     found = [t for stretch in stretches for t in run_detectors(stretch_features(stretch), settings)[0]]
-    return merge_transitions([t for t in found if 0 <= t.frame < frames and core[t.frame]], frames,
-                             settings.min_shot_len)
+    return merge_transitions(
+        [t for t in found if 0 <= t.frame < frames and core[t.frame]], frames, settings.min_shot_len
+    )

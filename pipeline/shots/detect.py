@@ -1,4 +1,5 @@
 """Shot detection on a reel: decode its luma for analysis and run the detectors, densely or coarse-to-fine."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -45,11 +46,16 @@ def detect_shots(reel: Path, *, max_height: int | None = None, settings: ShotSet
 
     if settings.coarse_step > 1 and is_intra_only(index) and index.frames > 2 * settings.coarse_step:
         frames = index.frames
-        transitions = detect_transitions_coarse(read, frames, step=settings.coarse_step, bit_depth=info.bit_depth,
-                                                limited_range=limited, settings=settings)
+        transitions = detect_transitions_coarse(
+            read, frames, step=settings.coarse_step, bit_depth=info.bit_depth, limited_range=limited, settings=settings
+        )
     else:
-        transitions, frames = detect_transitions((luma for _, luma in read([range(index.frames)])),
-                                                 bit_depth=info.bit_depth, limited_range=limited, settings=settings)
+        transitions, frames = detect_transitions(
+            (luma for _, luma in read([range(index.frames)])),
+            bit_depth=info.bit_depth,
+            limited_range=limited,
+            settings=settings,
+        )
     if frames == 0:
         raise PostprodError(reel, "no video frames could be decoded")
     return ShotList(reel, info.fps, frames, info.timecode, shots_from_transitions(transitions, frames))

@@ -16,6 +16,7 @@ Where the boundary frame goes (the first frame of the new shot):
 - dissolve: the first frame in which the incoming picture outweighs the outgoing one (blend
   weight >= 0.5), i.e. the middle of the dissolve.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -76,8 +77,15 @@ class CutDetector:
     splice blip, not a cut.
     """
 
-    def __init__(self, *, threshold: float = 2.0, min_score: float = 0.1, window: int = 8,
-                 flash_frames: int = 2, flash_return: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float = 2.0,
+        min_score: float = 0.1,
+        window: int = 8,
+        flash_frames: int = 2,
+        flash_return: float = 0.5,
+    ) -> None:
         if window < flash_frames:
             raise ValueError("window must be at least flash_frames (the detector's lookahead)")
         self.threshold, self.min_score, self.window = threshold, min_score, window
@@ -116,8 +124,12 @@ class CutDetector:
         span = self.flash_frames + 1
         for p in range(i - span, i):
             for q in range(i, p + span + 1):
-                if (p, q) != (i - 1, i) and p in frames and q in frames \
-                        and frame_distance(frames[p], frames[q]) < self.flash_return * s:
+                if (
+                    (p, q) != (i - 1, i)
+                    and p in frames
+                    and q in frames
+                    and frame_distance(frames[p], frames[q]) < self.flash_return * s
+                ):
                     return []
         return [Transition("cut", i, i, i, s)]
 
@@ -227,9 +239,18 @@ class DissolveDetector:
     slow camera, as in most dissolves); one over fast motion looks like motion and is missed.
     """
 
-    def __init__(self, *, half_widths: tuple[int, ...] = (5, 10, 15), min_change: float = 0.5,
-                 max_residual: float = 0.12, min_one_end_residual: float = 0.15, max_gain_error: float = 0.2,
-                 max_step: float = 0.35, coverage: float = 0.95, min_contrast: float = 0.02) -> None:
+    def __init__(
+        self,
+        *,
+        half_widths: tuple[int, ...] = (5, 10, 15),
+        min_change: float = 0.5,
+        max_residual: float = 0.12,
+        min_one_end_residual: float = 0.15,
+        max_gain_error: float = 0.2,
+        max_step: float = 0.35,
+        coverage: float = 0.95,
+        min_contrast: float = 0.02,
+    ) -> None:
         self.half_widths, self.min_change, self.max_residual = half_widths, min_change, max_residual
         self.min_one_end_residual, self.max_gain_error, self.max_step = min_one_end_residual, max_gain_error, max_step
         self.coverage, self.min_contrast = coverage, min_contrast
@@ -241,7 +262,7 @@ class DissolveDetector:
         frames = list(self._frames)
         for w in self.half_widths:
             if len(frames) >= 2 * w + 1:
-                fit = self._fit(frames[-2 * w - 1:])
+                fit = self._fit(frames[-2 * w - 1 :])
                 if fit is not None:
                     self._fits.append(fit)
         # a group of overlapping fits is final once no later window can reach back into it
@@ -358,8 +379,13 @@ def merge_transitions(transitions: Iterable[Transition], frames: int, min_shot_l
     return sorted(kept, key=lambda t: t.frame)
 
 
-def detect_transitions(lumas: Iterable[np.ndarray], *, bit_depth: int = 8, limited_range: bool = False,
-                       settings: ShotSettings = ShotSettings()) -> tuple[list[Transition], int]:
+def detect_transitions(
+    lumas: Iterable[np.ndarray],
+    *,
+    bit_depth: int = 8,
+    limited_range: bool = False,
+    settings: ShotSettings = ShotSettings(),
+) -> tuple[list[Transition], int]:
     """Find shot boundaries in a sequence of luma frames.
 
     Args:
@@ -450,5 +476,5 @@ def shots_from_transitions(transitions: Iterable[Transition], frames: int) -> tu
     cuts = sorted((t for t in transitions if 0 < t.frame < frames), key=lambda t: t.frame)
     starts = [0] + [t.frame for t in cuts]
     begins: list[Literal["start", "cut", "fade", "dissolve"]] = ["start"] + [t.kind for t in cuts]
-    ends = starts[1:] + [frames]
-    return tuple(Shot(i, s, e, b) for i, (s, e, b) in enumerate(zip(starts, ends, begins)))
+    ends = [*starts[1:], frames]
+    return tuple(Shot(i, s, e, b) for i, (s, e, b) in enumerate(zip(starts, ends, begins, strict=True)))

@@ -5,6 +5,7 @@ Everything here works on luma alone (archive reels have no chroma worth trusting
 [0, 1], a fixed-size grid and thumbnail), so thresholds depend neither on the reel's resolution
 nor on its bit depth or luma range.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ def to_full_range_uint8(luma: np.ndarray, bit_depth: int = 8, limited_range: boo
         raise ValueError(f"luma must be (H, W), got shape {luma.shape}")
     if not np.issubdtype(luma.dtype, np.integer):
         raise ValueError(f"luma must be an integer array, got {luma.dtype}")
-    code = luma if luma.dtype == np.uint8 and bit_depth == 8 else \
-        (luma.astype(np.uint32) >> max(0, bit_depth - 8)).astype(np.uint8)
+    code = (
+        luma
+        if luma.dtype == np.uint8 and bit_depth == 8
+        else (luma.astype(np.uint32) >> max(0, bit_depth - 8)).astype(np.uint8)
+    )
     return cv2.LUT(code, _TV_TO_PC) if limited_range else code
 
 

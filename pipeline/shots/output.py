@@ -5,6 +5,7 @@ timecode (00:00:00:00 when it has none) and keep its drop-frame mode (drop-frame
 30000/1001 and 60000/1001). An end timecode is that of the first frame *after* the shot, as an
 EDL's out-points are.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,12 +37,14 @@ def write_json(result: ShotList, path: Path, *, force: bool = False) -> None:
 
 def write_csv(result: ShotList, path: Path, *, force: bool = False) -> None:
     """Write one row per shot: index,start,end,frames,start_tc,end_tc (end and end_tc exclusive)."""
-    with atomic_output(Path(path), force=force, sources=(result.reel,)) as tmp:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for s in result.shots:
-                writer.writerow((s.index, s.start, s.end, s.frames, timecode(result, s.start), timecode(result, s.end)))
+    with (
+        atomic_output(Path(path), force=force, sources=(result.reel,)) as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as f,
+    ):
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for s in result.shots:
+            writer.writerow((s.index, s.start, s.end, s.frames, timecode(result, s.start), timecode(result, s.end)))
 
 
 def edl_text(result: ShotList) -> str:
@@ -51,8 +54,11 @@ def edl_text(result: ShotList) -> str:
     (fade, dissolve) is given in a comment line, since a CMX3600 dissolve needs two sources.
     """
     if len(result.shots) > EDL_MAX_EVENTS:
-        raise PostprodError(result.reel, f"{len(result.shots)} shots do not fit in a CMX3600 EDL "
-                                         f"(at most {EDL_MAX_EVENTS} events); write CSV or JSON instead")
+        raise PostprodError(
+            result.reel,
+            f"{len(result.shots)} shots do not fit in a CMX3600 EDL "
+            f"(at most {EDL_MAX_EVENTS} events); write CSV or JSON instead",
+        )
     drop = ";" in timecode(result, 0)
     lines = [f"TITLE: {result.reel.stem}", f"FCM: {'DROP FRAME' if drop else 'NON-DROP FRAME'}", ""]
     for s in result.shots:

@@ -1,0 +1,149 @@
+"""The colour engine of one shot: keyframe chroma, propagation, full-resolution chroma.
+
+:class:`ShotColourer` holds what stays the same across the shots of a reel (the reel's
+description, the settings, the device and the working resolution); the models come from
+``pipeline.colorize``'s per-process cache (:func:`~pipeline.colorize.shared_vgg16`,
+:func:`~pipeline.colorize.shared_colornet`), so they are loaded once whatever the number of
+keyframes and shots.
+
+Colour spaces: keyframes and propagation work in CIE Lab at the working resolution (short side
+``settings.work_size``); output chroma is the reel's Y'CbCr Cb, Cr at full resolution, in
+[-0.5, 0.5], made legal for the source's luma (``pipeline.color.legal_chroma``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.color import (
+    chroma_from_rgb,
+    codes_to_luma,
+    guided_upsample,
+    lab_from_rgb,
+    legal_chroma,
+    lightness_from_grey,
+    rgb_from_lab,
+    rgb_from_luma_chroma,
+)
+from pipeline.colorize import Exemplar, colorize_still, resolve_device
+from pipeline.errors import PostprodError
+from pipeline.images import read_colour, read_mask, resize_planes
+from pipeline.keyframes import Keyframe, Plan, ShotPlan
+from pipeline.media.decode import Frame, iter_frames
+from pipeline.media.probe import ReelInfo
+from pipeline.settings import RunSettings
+from pipeline.workdir import segment_path
+
+
+class ShotColourer:
+    """Colour maths for the shots of one reel (``info``) under ``settings``."""
+
+    def __init__(self, info: ReelInfo, settings: RunSettings) -> None:
+        from model.transfer import working_size
+
+        self.info = info
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.work = working_size(info.height, info.width, settings.work_size)  # (h, w)
+
+    def grey(self, frame: Frame) -> np.ndarray:
+        """(H, W) float32 grey in [0, 1] from the frame's luma codes."""
+        return codes_to_luma(frame.luma, frame.bit_depth, self.info.luma_range)
+
+    def keyframe_ab(self, plan: Plan, key: Keyframe, workdir: Path) -> np.ndarray:
+        """(2, h, w) float32 Lab ab of the keyframe at working resolution.
+
+        A coloured keyframe's chroma is taken as is (its lightness comes from the source). An
+        exemplar keyframe is colorized (``settings.method``) from its main exemplar (a reference
+        image, or a neighbouring shot's coloured frame read from its segment in ``workdir``),
+        which takes the objects drawn on it; an object with its own image is its own exemplar.
+        """
+        if key.kind == "coloured":
+            assert key.image is not None
+            return resize_planes(lab_from_rgb(read_colour(key.image).pixels)[1:], self.work)
+        grey = self.grey(next(iter_frames(plan.reel, key.frame, key.frame + 1)))
+        main = (
+            read_colour(key.image).pixels if key.image is not None else self._borrowed_rgb(plan, workdir, key.ref_frame)
+        )
+        by_image: dict[Path | None, list[tuple[np.ndarray, np.ndarray]]] = {key.image: []}
+        for o in key.objects:
+            ref_size = read_colour(o.image).size
+            pair = (read_mask(o.mask, grey.shape, of=plan.reel), read_mask(o.refmask, ref_size, of=o.image))
+            by_image.setdefault(o.image, []).append(pair)
+        exemplars = [Exemplar(rgb=main, masks=tuple(by_image.pop(key.image)))]
+        exemplars += [
+            Exemplar(rgb=read_colour(img).pixels, masks=tuple(pairs))
+            for img, pairs in by_image.items()
+            if img is not None
+        ]
+        ab = colorize_still(grey, exemplars, method=self.settings.method, device=self.device)
+        return resize_planes(ab, self.work)
+
+    def _borrowed_rgb(self, plan: Plan, workdir: Path, frame_index: int | None) -> np.ndarray:
+        """(H, W, 3) RGB of reel frame ``frame_index`` as its (already coloured) shot's segment has it."""
+        assert frame_index is not None
+        owner = next(s for s in plan.shots if s.start <= frame_index < s.end)
+        seg = segment_path(workdir, plan, owner.index, self.settings)
+        if not seg.exists():
+            raise PostprodError(seg, f"shot {owner.index} must be coloured before shot frames borrow from it")
+        f = next(iter_frames(seg, frame_index - owner.start, frame_index - owner.start + 1, chroma=True))
+        return rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, self.info.luma_range, self.info.matrix)
+
+    def propagate(
+        self, reel: Path, shot: ShotPlan, keys: dict[int, np.ndarray], on_frame: Callable[[], None]
+    ) -> Iterator[np.ndarray]:
+        """Yield each frame's (2, h, w) ab at working resolution, in order (``pipeline.propagate``).
+
+        ``keys``: reel frame -> (2, h, w) ab of the shot's keyframes."""
+        from pipeline.colorize import shared_vgg16
+        from pipeline.propagate import PropagationSettings, attention_colorizer, propagate_shot
+
+        settings = PropagationSettings(work_size=self.settings.work_size)
+        colorizer = (
+            attention_colorizer(
+                device=str(self.device),
+                work_size=settings.attention_size,
+                features=shared_vgg16(self.device),
+                position_sigma=settings.attention_position_sigma,
+            )
+            if settings.attention_every > 0
+            else None
+        )
+        lightness = (
+            lightness_from_grey(resize_planes(self.grey(f)[None], self.work)[0])
+            for f in iter_frames(reel, shot.start, shot.end)
+        )
+        for ab in propagate_shot(
+            lightness,
+            {k - shot.start: v for k, v in keys.items()},
+            length=shot.end - shot.start,
+            colorizer=colorizer,
+            settings=settings,
+        ):
+            on_frame()
+            yield ab
+
+    def artist_chroma(self, frame: Frame, image: Path) -> np.ndarray:
+        """An artist-coloured keyframe's own chroma at full resolution: (2, H, W) Cb, Cr in [-0.5, 0.5].
+
+        The reference is this very frame coloured (reel-sized, its luminance matching), so its
+        Cb, Cr go out as painted, fine detail included, with the source's luma; only made legal
+        for that luma, as every output frame is.
+        """
+        chroma = chroma_from_rgb(read_colour(image).pixels, self.info.matrix)
+        return legal_chroma(self.grey(frame), chroma, self.info.matrix)
+
+    def full_chroma(self, frame: Frame, ab: np.ndarray) -> np.ndarray:
+        """Working-resolution ab (2, h, w) + the frame's luma -> (2, H, W) Cb, Cr in [-0.5, 0.5].
+
+        Lab -> R'G'B' -> Cb, Cr at working resolution (cheap), then guided upsampling by the
+        full-resolution luma, so chroma edges follow the source's detail, then limited to what
+        that luma can show (``pipeline.color.legal_chroma``: black and white stay neutral).
+        """
+        grey = self.grey(frame)
+        l_small = lightness_from_grey(resize_planes(grey[None], ab.shape[1:])[0])
+        rgb = rgb_from_lab(l_small, ab)
+        return legal_chroma(grey, guided_upsample(chroma_from_rgb(rgb, self.info.matrix), grey), self.info.matrix)

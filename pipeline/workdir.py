@@ -1,0 +1,150 @@
+"""The work folder of a run: what is in it, what each file's name means, when a result is reused.
+
+Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
+
+    plan.json                 the keyframe plan (:func:`pipeline.keyframes.write_plan`)
+    shots.json                the shots (:func:`pipeline.shots.write_json`)
+    segments/shot-<i>-<key>.mkv
+                              shot i coloured: lossless FFV1, the source's luma codes + chroma;
+                              ``key`` is :func:`shot_key`, so the segment *is* the cache
+    run.lock                  held by the run using the folder (``pipeline.locks``)
+
+A segment is written atomically, so one that exists is complete and is reused as it is; one
+whose inputs changed has another key, another name, and is recomputed. The key covers the
+reel's content, the shot's frames and keyframes, every reference image and mask the shot uses
+(and the keys of the shots it borrows colour from), the model weights, the settings that
+change pixels and :data:`COLOUR_VERSION`.
+
+Hashes are memoised per process by the file's identity (path, size, modification time), so
+asking for a key again, or for the keys of many shots of one reel, reads each file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.keyframes import Plan, read_plan
+from pipeline.settings import RunSettings
+
+PLAN_NAME = "plan.json"
+SHOTS_NAME = "shots.json"
+SEGMENTS = "segments"
+SEGMENT_CODEC = "ffv1"
+COLOUR_VERSION = 2
+"""Part of every shot key: raised with any change to the colour maths that changes pixels, so a
+work folder left by an older postprod is recomputed, not reused."""
+WORK_ROOT = Path("postprod-work")
+"""Where :func:`default_workdir` puts work folders, relative to the current folder."""
+
+
+def plan_path(workdir: Path) -> Path:
+    """``<workdir>/plan.json``."""
+    return Path(workdir) / PLAN_NAME
+
+
+def load_plan(path: Path) -> Plan:
+    """The plan at ``path`` (``plan.json``, or a work folder holding one); parsed once per
+    process while the file is unchanged. :class:`~pipeline.errors.PostprodError` if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = plan_path(path)
+    return _load_plan(path.resolve(), *_identity(path))
+
+
+@lru_cache(maxsize=8)
+def _load_plan(path: Path, size: int, mtime_ns: int) -> Plan:
+    del size, mtime_ns  # part of the cache key only
+    return read_plan(path)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of ``path``; (-1, -1) when it does not exist (the reader reports it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def default_workdir(reel: Path) -> Path:
+    """``./postprod-work/<reel stem>-<fingerprint[:12]>``: one folder per reel content."""
+    return WORK_ROOT / f"{Path(reel).stem}-{reel_fingerprint(reel)[:12]}"
+
+
+def reel_fingerprint(reel: Path) -> str:
+    """sha256 hex of the reel's size and its first and last MiB: cheap, and changes with any
+    re-export. Memoised per process while the file is unchanged."""
+    path = Path(reel).resolve()
+    return _reel_fingerprint(path, *_identity(path))
+
+
+@lru_cache(maxsize=64)
+def _reel_fingerprint(reel: Path, size: int, mtime_ns: int) -> str:
+    del mtime_ns
+    h = hashlib.sha256(str(size).encode())
+    with reel.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    """sha256 hex of a whole file; memoised per process while the file is unchanged."""
+    p = Path(path).resolve()
+    return _file_hash(p, *_identity(p))
+
+
+@lru_cache(maxsize=4096)
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def weights_hash() -> str:
+    """sha256 over the bundled weights files (names and contents), once per process."""
+    from model.weights import WEIGHTS_DIR
+
+    h = hashlib.sha256()
+    for p in sorted(WEIGHTS_DIR.glob("*.pt")):
+        h.update(p.name.encode())
+        h.update(file_hash(p).encode())
+    return h.hexdigest()
+
+
+def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
+    """A 16-hex content key for one shot's result.
+
+    Covers the reel's fingerprint, the shot's frame range and keyframes, the hashes of every
+    reference image and mask it uses, the keys of the neighbouring shots it borrows colour
+    from, the model weights, the settings that change pixels (:meth:`RunSettings.pixel_settings`:
+    all but the output codec) and :data:`COLOUR_VERSION`.
+    """
+    shot = plan.shots[shot_index]
+    h = hashlib.sha256(f"colour {COLOUR_VERSION}".encode())
+    h.update(reel_fingerprint(plan.reel).encode())
+    h.update(json.dumps(shot.to_dict(), sort_keys=True).encode())
+    for k in shot.keyframes:
+        for p in [k.image, *[q for o in k.objects for q in (o.image, o.mask, o.refmask)]]:
+            if p is not None:
+                h.update(file_hash(p).encode())
+    for n in shot.neighbours:
+        h.update(shot_key(plan, n, settings).encode())
+    h.update(weights_hash().encode())
+    h.update(json.dumps(settings.pixel_settings(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
+    """``<workdir>/segments/shot-<i:04d>-<shot_key>.mkv``: where shot ``shot_index``'s result lives."""
+    return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{shot_key(plan, shot_index, settings)}.mkv"
