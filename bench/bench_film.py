@@ -8,14 +8,14 @@ Each film ``<name>.mp4`` of ``../shared/data/film``, with one of the artist's ph
 each in turn with ``--all-refs``; other shots take ``--missing-refs nearest``), goes through
 ``postprod run --codec ffv1`` in a fresh process. There is no ground truth, so:
 
-- media are checked as in ``bench_run`` (frame count, frame rate, timecode, audio packets, luma
-  bit for bit);
+- media are checked as in ``bench_run`` (``bench.toolkit.check_media``: frame count, frame rate,
+  timecode, audio packets, luma bit for bit);
 - colour is measured: colourfulness (Hasler and Suesstrunk, ``pipeline.metrics.colourfulness``)
   of the reference and of the output, mean over the first and over the last quarter of the
   frames (colour that fades along the film shows as a drop);
-- flicker: warp error of the output (previous frame warped onto the current one by DIS flow of
-  the luma, over pixels that pass the forward-backward check, as ``bench_run``) beside the same
-  for the grey input: what the colour adds;
+- flicker: warp error of the output (``bench.toolkit.warp_error``: previous frame warped onto the
+  current one by DIS flow of the luma, over pixels that pass the forward-backward check) beside
+  the same for the grey input: what the colour adds;
 - a contact sheet per run, ``<results>/film-<name>-<ref>.png``: the reference, then the input and
   the output at 4 moments. The films are copyrighted: the sheets stay out of the repository
   (``bench/results`` is git-ignored).
@@ -24,7 +24,6 @@ each in turn with ``--all-refs``; other shots take ``--missing-refs nearest``), 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -33,19 +32,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.bench_propagation import warp_error, warp_masks
-from bench.bench_run import check_media, run_postprod
-from bench.harness import _json_safe
+from bench.toolkit import SHARED_DATA, check_media, markdown_table, run_postprod, warp_error, warp_masks, write_json
 from pipeline.color import rgb_from_luma_chroma
 from pipeline.errors import PostprodError
-from pipeline.files import atomic_output
 from pipeline.images import read_rgb, write_rgb
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.metrics import colourfulness
 from pipeline.refs import REF_SUFFIXES
 
-DEFAULT_FILM = Path(__file__).resolve().parents[2] / "shared" / "data" / "film"
+DEFAULT_FILM = SHARED_DATA / "film"
 DEFAULT_OUT = Path("bench") / "results" / "film.json"
 MOMENTS = 4
 SHEET_HEIGHT = 180  # px, each picture of the contact sheet
@@ -143,19 +139,29 @@ def bench_one(reel: Path, ref: Path, work: Path, results: Path) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| film | reference | frames | media ok | colourfulness ref / first quarter / last quarter "
-        "| warp error x1e3 output / grey input | frames/s |",
-        "|---|---|---|---|---|---|---|",
+    header = [
+        "film",
+        "reference",
+        "frames",
+        "media ok",
+        "colourfulness ref / first quarter / last quarter",
+        "warp error x1e3 output / grey input",
+        "frames/s",
     ]
-    lines += [
-        f"| {r['film']} | {r['reference']} | {r['frames']} | {r['media']['ok']} | "
-        f"{r['reference_colourfulness']:.1f} / {r['colourfulness_first_quarter']:.1f} / "
-        f"{r['colourfulness_last_quarter']:.1f} | {r['warp_error'] * 1e3:.3f} / "
-        f"{r['warp_error_input'] * 1e3:.3f} | {r['fps']:.2f} |"
+    cells = [
+        [
+            r["film"],
+            r["reference"],
+            r["frames"],
+            r["media"]["ok"],
+            f"{r['reference_colourfulness']:.1f} / {r['colourfulness_first_quarter']:.1f} / "
+            f"{r['colourfulness_last_quarter']:.1f}",
+            f"{r['warp_error'] * 1e3:.3f} / {r['warp_error_input'] * 1e3:.3f}",
+            f"{r['fps']:.2f}",
+        ]
         for r in rows
     ]
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(markdown(rows))
-    with atomic_output(args.out, force=True) as tmp:
-        tmp.write_text(json.dumps(_json_safe(rows), indent=1))
+    write_json(args.out, rows)
     print(f"wrote {args.out}")
     return 0
 

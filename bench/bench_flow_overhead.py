@@ -1,9 +1,10 @@
 """Prefect's overhead: one reel through the ``colorize-reel`` flow vs the same stages as plain Python.
 
-A generated reel of ``--shots`` hard-cut shots (``tests/test_flows.write_cut_reel``) is run with
-``postprod run --engine local`` (``pipeline.run.run_reel``) and ``--engine prefect`` (the flow on
-Prefect's embedded server), each time in a fresh process and from an empty work folder, so torch,
-Prefect and the server start cold in every run. Two Prefect cases:
+A generated reel of ``--shots`` hard-cut shots (``pipeline.media.synth.write_cut_reel``, the flows
+tests' reel) is run with ``postprod run --engine local`` (``pipeline.run.run_reel``) and
+``--engine prefect`` (the flow on Prefect's embedded server), each time in a fresh process and
+from an empty work folder, so torch, Prefect and the server start cold in every run. Two Prefect
+cases:
 
 - *warm home*: a ``PREFECT_HOME`` whose database exists (every run on a laptop but the first);
 - *cold home*: a fresh ``PREFECT_HOME`` (the first run on a machine: the server migrates its
@@ -14,6 +15,9 @@ no refs: shots cost nothing, so the difference is Prefect's cost alone). The eng
 within each repeat so load drifts hit both; medians over ``--repeats`` are printed as Markdown.
 
     python bench/bench_flow_overhead.py [--shots 10] [--length 12] [--size 96x64] [--repeats 3]
+
+(or ``python -m bench.bench_flow_overhead``). It imports only the installed ``pipeline`` package,
+so it also runs as a plain script, as docs/operators.md has it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from pipeline.media.synth import write_cut_reel, write_shot_refs
 
-from test_flows import write_cut_reel, write_shot_refs  # noqa: E402  (the tests' generated reel)
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = ("local", "prefect, warm home", "prefect, cold home")
 
@@ -80,7 +83,7 @@ def main() -> None:
     width, height = map(int, args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         root = Path(tmp)
-        reel = write_cut_reel(root / "reel.mkv", shots=args.shots, length=args.length, width=width, height=height)
+        reel = write_cut_reel(root / "reel.mkv", args.shots, args.length, width=width, height=height)
         reels = {"coloured": write_shot_refs(root / "refs", tuple(range(args.shots))), "grey": None}
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         base.update(
@@ -93,7 +96,7 @@ def main() -> None:
             {**base, "PREFECT_HOME": str(warm)},
             root,
         )  # creates the warm home's database
-        times = {(r, c): [] for r in reels for c in CASES}
+        times: dict[tuple[str, str], list[float]] = {(r, c): [] for r in reels for c in CASES}
         n = 0
         for k in range(args.repeats):
             for name, refs in reels.items():

@@ -21,13 +21,23 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.harness import DEFAULT_DAVIS, available_methods, compose_rgb, list_sequences, load_pairs, rgb_to_lab_np
-from pipeline.files import atomic_output
+from bench.toolkit import (
+    DEFAULT_DAVIS,
+    available_methods,
+    compose_rgb,
+    list_sequences,
+    load_pairs,
+    markdown_table,
+    rgb_to_lab_np,
+    write_json,
+)
 from pipeline.metrics import colourfulness, delta_his, psnr
 
 DEFAULT_OUT = Path("bench") / "results" / "net.json"
@@ -80,7 +90,7 @@ def timing(device: str, runs: int) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def clock(fn) -> float:
+    def clock(fn: Callable[[], object]) -> float:
         out = []
         for _ in range(runs):
             sync()
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-runs", type=int, default=3, help="0: no timing")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    result = {
+    result: dict[str, Any] = {
         "no_reference": no_reference_check(args.davis, args.methods, args.max_pairs_per_seq, args.size, args.device),
         "timing": timing(args.device, args.timing_runs) if args.timing_runs else None,
     }
@@ -127,18 +137,30 @@ def main(argv: list[str] | None = None) -> int:
         f"No-reference check, {nr['pairs']} DAVIS pairs (ground-truth colourfulness "
         f"{nr['ground_truth_colourfulness']:.1f})\n"
     )
-    print("| method | colourfulness related | unrelated | ΔHIS related ↓ | unrelated ↓ | PSNR related | unrelated |")
-    print("|---|---|---|---|---|---|---|")
-    for name, s in nr["means"].items():
-        print(
-            f"| {name} | {s['related_colourfulness']:.1f} | {s['unrelated_colourfulness']:.1f} | "
-            f"{s['related_delta_his']:.3f} | {s['unrelated_delta_his']:.3f} | {s['related_psnr']:.2f} | "
-            f"{s['unrelated_psnr']:.2f} |"
-        )
+    header = [
+        "method",
+        "colourfulness related",
+        "unrelated",
+        "ΔHIS related ↓",
+        "unrelated ↓",
+        "PSNR related",
+        "unrelated",
+    ]
+    rows = [
+        [
+            name,
+            f"{s['related_colourfulness']:.1f}",
+            f"{s['unrelated_colourfulness']:.1f}",
+            f"{s['related_delta_his']:.3f}",
+            f"{s['unrelated_delta_his']:.3f}",
+            f"{s['related_psnr']:.2f}",
+            f"{s['unrelated_psnr']:.2f}",
+        ]
+        for name, s in nr["means"].items()
+    ]
+    print(markdown_table(header, rows))
     print(f"\ntiming: {json.dumps(result['timing'])}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out, force=True) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

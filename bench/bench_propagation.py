@@ -26,27 +26,36 @@ evaluation only.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from scipy import stats
 
-from bench.harness import _json_safe, list_sequences
+from bench.toolkit import (
+    DEFAULT_DAVIS,
+    TARGET_PSNR,
+    Shot,
+    compose,
+    davis_frames,
+    list_sequences,
+    markdown_table,
+    warp_error,
+    warp_masks,
+    working_ab,
+    write_json,
+)
 from pipeline.errors import PostprodError
-from pipeline.files import atomic_output
 from pipeline.metrics import psnr, ssim
 from pipeline.propagate import (
     MemoryStore,
     PropagationSettings,
-    flow_confidence,
     optical_flow,
     propagate_shot,
     to_working,
@@ -54,58 +63,19 @@ from pipeline.propagate import (
     warp,
 )
 
-DEFAULT_DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 DEFAULT_OUT = Path("bench") / "results" / "propagation.json"
 METHODS = ("copy", "flow", "image", "full")
 VARIANTS = ("first", "first+last")
 CDC_DILATIONS = (1, 2, 4)
-TARGET_PSNR = 33.0  # dB, issue 5
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One DAVIS sequence as a shot: true Lab frames (n, 3, H, W) float32 and their sRGB."""
-
-    name: str
-    lab: np.ndarray
-    rgb: np.ndarray  # (n, H, W, 3) float32 in [0, 1]
-
-    @property
-    def n(self) -> int:
-        return self.lab.shape[0]
-
-    @classmethod
-    def from_rgb(cls, name: str, rgb: np.ndarray) -> Shot:
-        """Frames (n, H, W, 3) float32 sRGB in [0, 1] with their Lab (``model.color``)."""
-        from model.color import rgb_to_lab
-
-        with torch.inference_mode():
-            lab = np.stack([rgb_to_lab(torch.from_numpy(f).permute(2, 0, 1)[None])[0].numpy() for f in rgb])
-        return cls(name, lab, rgb)
 
 
 def load_shot(davis: Path, name: str, max_frames: int | None) -> Shot:
     """Frames of ``davis/name/frames/*.jpg`` (at most ``max_frames``) with their Lab."""
-    paths = sorted((davis / name / "frames").glob("*.jpg"))[:max_frames]
+    paths = davis_frames(davis, name, max_frames)
     if len(paths) < 3:
         raise PostprodError(davis / name, f"needs at least 3 frames, has {len(paths)}")
     rgb = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]).astype(np.float32) / 255
     return Shot.from_rgb(name, rgb)
-
-
-def working_ab(lab: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(3, H, W) Lab -> its (2, h, w) ab at the working size (area filter)."""
-    h, w = size
-    return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA) for c in lab[1:]])
-
-
-def compose(l: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """True L (H, W) + ab (2, H, W) -> sRGB (H, W, 3) float32 in [0, 1]."""
-    from model.color import lab_to_rgb
-
-    with torch.inference_mode():
-        lab = torch.from_numpy(np.concatenate([l[None], ab]).astype(np.float32))[None]
-        return lab_to_rgb(lab)[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
 
 # --- methods: each yields (t, ab (2, h, w)) for the frames it colours, in order --------------
@@ -122,7 +92,7 @@ def copy_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple
 def flow_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """DIS (medium) flow chained frame to frame from each keyframe, forward and backward, the
     chains averaged linearly by temporal distance between two keyframes."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     n, order = len(luma), sorted(keys)
 
     def chain(frames: range) -> dict[int, np.ndarray]:
@@ -191,26 +161,7 @@ def full_method(settings: PropagationSettings) -> Method:
     return run
 
 
-# --- temporal metrics ---------------------------------------------------------------------
-
-
-def warp_masks(l_full: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For t = 1 .. n-1: (flow t -> t-1 (H, W, 2), non-occluded mask (H, W) bool) from the true L
-    (n, H, W): DIS medium, Sundaram et al.'s forward-backward test (confidence 1)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    out = []
-    for t in range(1, len(l_full)):
-        back = optical_flow(l_full[t], l_full[t - 1], dis)
-        fwd = optical_flow(l_full[t - 1], l_full[t], dis)
-        out.append((back, flow_confidence(back, fwd) >= 1.0))
-    return out
-
-
-def warp_error(rgb_prev: np.ndarray, rgb: np.ndarray, flow: np.ndarray, mask: np.ndarray) -> float:
-    """Mean squared RGB difference (values in [0, 1]) between ``rgb`` and ``rgb_prev`` warped onto
-    it by ``flow`` (t -> t-1), over ``mask`` pixels."""
-    warped = warp(rgb_prev.transpose(2, 0, 1), flow).transpose(1, 2, 0)
-    return float(((warped - rgb) ** 2).sum(-1)[mask].mean() / 3.0)
+# --- temporal metrics (warp error: bench.toolkit) -----------------------------------------
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -281,7 +232,7 @@ def evaluate(
                 with torch.inference_mode():
                     scores["lpips_approx"].append(float(lpips_model(*pair)[0]))
         complete = len(rgbs) == shot.n
-        result = {k: float(np.mean(v)) for k, v in scores.items()}
+        result: dict[str, Any] = {k: float(np.mean(v)) for k, v in scores.items()}
         result |= {
             "frames_scored": len(scores["psnr"]),
             "seconds": seconds,
@@ -320,27 +271,32 @@ def markdown(result: dict) -> str:
     lines = []
     for variant, block in result["variants"].items():
         summary = block["summary"]
-        lines += [
-            f"Variant {variant}: {len(block['shots'])} sequences, mean over sequences "
-            f"(LPIPS is an approximation of LPIPS-VGG; warp error x1e3)",
-            "",
-            "| method | PSNR dB ↑ | SSIM ↑ | LPIPS≈ ↓ | warp err ↓ | CDC ↓ | frames/s |",
-            "|---|---|---|---|---|---|---|",
-        ]
 
         def cell(s: dict, k: str, fmt: str, scale: float = 1.0) -> str:
             return format(s[k] * scale, fmt) if k in s else "-"
 
-        for m, s in summary.items():
-            if m == "truth":
-                continue
-            lines.append(
-                f"| {m} | {cell(s, 'psnr', '.2f')} | {cell(s, 'ssim', '.4f')} | "
-                f"{cell(s, 'lpips_approx', '.4f')} | {cell(s, 'warp_error', '.3f', 1e3)} | "
-                f"{cell(s, 'cdc', '.5f')} | {cell(s, 'fps', '.2f')} |"
-            )
+        rows = [
+            [
+                m,
+                cell(s, "psnr", ".2f"),
+                cell(s, "ssim", ".4f"),
+                cell(s, "lpips_approx", ".4f"),
+                cell(s, "warp_error", ".3f", 1e3),
+                cell(s, "cdc", ".5f"),
+                cell(s, "fps", ".2f"),
+            ]
+            for m, s in summary.items()
+            if m != "truth"
+        ]
         t = summary["truth"]
-        lines.append(f"| (ground truth) | | | | {t['warp_error'] * 1e3:.3f} | {t['cdc']:.5f} | |")
+        rows.append(["(ground truth)", "", "", "", f"{t['warp_error'] * 1e3:.3f}", f"{t['cdc']:.5f}", ""])
+        header = ["method", "PSNR dB ↑", "SSIM ↑", "LPIPS≈ ↓", "warp err ↓", "CDC ↓", "frames/s"]
+        lines += [
+            f"Variant {variant}: {len(block['shots'])} sequences, mean over sequences "
+            f"(LPIPS is an approximation of LPIPS-VGG; warp error x1e3)",
+            "",
+            markdown_table(header, rows),
+        ]
         if "full" in summary:
             # issue 5 judges the first frame alone over whole sequences, end to end (bench.bench_run);
             # shorter runs or a second keyframe are easier, so they get no verdict
@@ -357,14 +313,9 @@ def markdown(result: dict) -> str:
                     f"(no verdict: issue 5's {TARGET_PSNR} dB is for the first frame alone over whole "
                     "sequences, judged by bench.bench_run)",
                 ]
-        lines += [
-            "",
-            "| sequence | " + " | ".join(m for m in summary if m != "truth") + " |",
-            "|---|" + "---|" * (len(summary) - 1),
-        ]
-        for name, shot in block["shots"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{shot[m]['psnr']:.2f}" for m in summary if m != "truth") + " |")
-        lines.append("")
+        methods = [m for m in summary if m != "truth"]
+        per_sequence = [[name, *(f"{shot[m]['psnr']:.2f}" for m in methods)] for name, shot in block["shots"].items()]
+        lines += ["", markdown_table(["sequence", *methods], per_sequence), ""]
     return "\n".join(lines)
 
 
@@ -433,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             result["variants"][variant] = {"shots": shots, "summary": summarise(shots)}
         print(markdown(result))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(args.out, force=True) as tmp:  # results are regenerated on every run
-            tmp.write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))
+        write_json(args.out, result)
         print(f"\nwrote {args.out}")
     except PostprodError as err:
         print(f"bench_propagation: error: {err}", file=sys.stderr)

@@ -8,7 +8,7 @@ luma from the true frames' BT.601 luma, start timecode 10:00:00:00, a stereo AAC
 refs folder holding the true colour frame of each shot's first frame as ``frame-<N>.png``
 (variant ``first+last``: and of its last frame). ``postprod run --codec ffv1`` colours it in a
 fresh process (its peak resident memory: ``ru_maxrss`` from ``wait4``, through a small launcher
-process, see :data:`_LAUNCHER`). Then:
+process, see ``bench.toolkit.run_postprod``). Then:
 
 - media: frame count, exact frame rate, timecode and the audio packets (bytes) equal the input's;
   the output luma equals the input luma bit for bit (FFV1);
@@ -16,7 +16,7 @@ process, see :data:`_LAUNCHER`). Then:
   output (decoded, YCbCr -> R'G'B' with the reel's own matrix) against the true frames, per
   sequence and over all frames; the same for the keyframes (the ceiling set by carrying the
   keyframes' colour into the reel);
-- stability: warp error (``bench_propagation.warp_error``: previous output frame warped onto
+- stability: warp error (``bench.toolkit.warp_error``: previous output frame warped onto
   the current one by DIS flow of the true luma, over pixels passing the forward-backward check),
   output against the ground truth's own, within shots.
 
@@ -27,27 +27,32 @@ shot) and reports both peak memories. DAVIS is for evaluation only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-import av
 import cv2
 import numpy as np
 
-from bench.bench_propagation import DEFAULT_DAVIS, TARGET_PSNR, warp_error, warp_masks
-from bench.bench_shots import write_grey_reel
-from bench.harness import _json_safe, list_sequences
+from bench.toolkit import (
+    DEFAULT_DAVIS,
+    TARGET_PSNR,
+    ReelShot,
+    check_media,
+    davis_grey_reel,
+    list_sequences,
+    markdown_table,
+    run_postprod,
+    warp_error,
+    warp_masks,
+    write_json,
+)
 from pipeline.color import rgb_from_luma_chroma
-from pipeline.files import atomic_output
 from pipeline.images import read_rgb, write_rgb
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
@@ -58,114 +63,25 @@ TIMECODE = "10:00:00:00"
 DEFAULT_OUT = Path("bench") / "results" / "run.json"
 
 
-@dataclass(frozen=True)
-class ShotTruth:
-    """One sequence in the reel: its name, first frame in the reel and true frame files."""
-
-    name: str
-    start: int
-    frames: tuple[Path, ...]
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.frames)
-
-
 def build_reel(
     davis: Path, sequences: list[str], max_frames: int | None, variant: str, dest: Path
-) -> tuple[Path, Path, list[ShotTruth]]:
+) -> tuple[Path, Path, list[ReelShot]]:
     """Write ``dest/reel.mkv`` and ``dest/refs/``; returns them and the shots' truth."""
-    shots, start = [], 0
-    for name in sequences:
-        files = tuple(sorted((davis / name / "frames").glob("*.jpg"))[:max_frames])
-        shots.append(ShotTruth(name, start, files))
-        start += len(files)
     refs = dest / "refs"
     refs.mkdir(parents=True)
+    reel = dest / "reel.mkv"
+    shots = davis_grey_reel(
+        davis, sequences, reel, FPS, max_frames=max_frames, codec="ffv1", timecode=TIMECODE, audio=True
+    )
     for shot in shots:
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:
             # PNG, as the issue's protocol says: the decoded true frame, pixel for pixel what is scored
             write_rgb(refs / f"frame-{shot.start + k}.png", read_rgb(shot.frames[k]))
-    reel = dest / "reel.mkv"
-    greys = (cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for s in shots for f in s.frames)
-    write_grey_reel(reel, greys, FPS, codec="ffv1", timecode=TIMECODE, audio=True)
     return reel, refs, shots
 
 
-# Linux carries the forking process's high-water RSS into a child's ru_maxrss at exec (and
-# Python's subprocess forks with vfork, which lends the parent's whole address space), so a
-# child spawned from this process, which holds decoded frames and torch after scoring, reports
-# at least this process's own peak. A launcher started fresh (small) spawns the real command and
-# reports that grandchild's ru_maxrss (KiB) on its stdout's last line.
-_LAUNCHER = (
-    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'w'), "
-    "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss); "
-    "sys.exit(os.waitstatus_to_exitcode(s))"
-)
-
-
-def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, work_size: int) -> dict:
-    """``postprod run`` in a fresh process; wall time (s) and peak resident memory (MiB)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli",
-        "run",
-        "--reel",
-        str(reel),
-        "--refs",
-        str(refs),
-        "--out",
-        str(out),
-        "--codec",
-        "ffv1",
-        "--workdir",
-        str(workdir),
-        "--device",
-        "cpu",
-        "--work-size",
-        str(work_size),
-        "--engine",
-        engine,
-    ]
-    log = workdir.parent / f"{out.stem}.log"
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
-    return {"seconds": seconds, "peak_rss_mib": int(proc.stdout.split()[-1]) / 1024}  # ru_maxrss: KiB on Linux
-
-
-def audio_packets(path: Path) -> list[bytes]:
-    """The first audio stream's packets (none without audio)."""
-    with av.open(str(path)) as c:
-        return [bytes(p) for p in c.demux(audio=0) if p.size] if c.streams.audio else []
-
-
-def check_media(reel: Path, out: Path) -> dict:
-    """The output's frame count, rate, timecode and audio against the input's, and its luma."""
-    src, dst = probe(reel), probe(out)
-    luma_equal = all(np.array_equal(a.luma, b.luma) for a, b in zip(iter_frames(reel), iter_frames(out), strict=True))
-    return {
-        "frames": [src.frames, dst.frames],
-        "fps": [str(src.fps), str(dst.fps)],
-        "timecode": [src.timecode, dst.timecode],
-        "audio_packets_equal": audio_packets(reel) == audio_packets(out),
-        "audio_packets": len(audio_packets(reel)),
-        "luma_equal": luma_equal,
-        "ok": (
-            src.frames == dst.frames
-            and src.fps == dst.fps
-            and src.timecode == dst.timecode
-            and audio_packets(reel) == audio_packets(out)
-            and luma_equal
-        ),
-    }
-
-
-def score(out: Path, shots: list[ShotTruth], keyframes: set[int]) -> dict:
+def score(out: Path, shots: list[ReelShot], keyframes: set[int]) -> dict:
     """PSNR over non-keyframes and keyframes, and warp errors, per sequence and pooled."""
     info = probe(out)
     frames = iter_frames(out, chroma=True)
@@ -226,7 +142,10 @@ def bench(
     reel, refs, shots = build_reel(davis, sequences * repeat, max_frames, variant, folder)
     out, workdir = folder / "out.mkv", folder / "work"
     workdir.mkdir()
-    result = {"reel_frames": probe(reel).frames, **run_postprod(reel, refs, out, workdir, engine, work_size)}
+    result: dict[str, Any] = {
+        "reel_frames": probe(reel).frames,
+        **run_postprod(reel, refs, out, workdir, engine, work_size),
+    }
     result["fps"] = result["reel_frames"] / result["seconds"]
     result["media"] = check_media(reel, out)
     if scored:
@@ -248,12 +167,13 @@ def markdown(result: dict) -> str:
         f"keyframes {r['psnr_key']:.2f} dB; warp error x1e3 {r['warp_error'] * 1e3:.3f} "
         f"(ground truth {r['warp_error_truth'] * 1e3:.3f})",
         "",
-        "| sequence | PSNR non-key dB | warp err x1e3 | truth warp err x1e3 |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {k} | {v['psnr_nonkey']:.2f} | {v['warp_error'] * 1e3:.3f} | {v['warp_error_truth'] * 1e3:.3f} |"
-        for k, v in r["per_sequence"].items()
+        markdown_table(
+            ["sequence", "PSNR non-key dB", "warp err x1e3", "truth warp err x1e3"],
+            [
+                [k, f"{v['psnr_nonkey']:.2f}", f"{v['warp_error'] * 1e3:.3f}", f"{v['warp_error_truth'] * 1e3:.3f}"]
+                for k, v in r["per_sequence"].items()
+            ],
+        ),
     ]
     if "memory_x4" in result:
         m1, m4 = r["peak_rss_mib"], result["memory_x4"]["peak_rss_mib"]
@@ -305,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             scored=False,
         )
     print(markdown(result))
-    with atomic_output(args.out, force=True) as tmp:
-        tmp.write_text(json.dumps(_json_safe(result), indent=1))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,7 +25,6 @@ of the true transition's frame range for fades and dissolves; each true transiti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,15 +39,16 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.files import atomic_output
+from bench.toolkit import SHARED_DATA, davis_grey_reel, list_sequences, markdown_table, write_json
 from pipeline.media.decode import configure_decoder, is_intra_only
 from pipeline.media.probe import scan_packets
+from pipeline.media.synth import write_grey_reel
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DAVIS_FPS = Fraction(24)
 DAVIS_SEQS_PER_REEL = 8
 DAVIS_SEEDS = (0, 1, 2)
 TOLERANCE = 1  # frames
+Truth = tuple[tuple[int, int], ...]
 
 # Ground truth as (first, last) frame ranges within which the new shot may start.
 # testvideo.mp4 (1280x720, 30000/1001, 720 frames), established by printing each frame's mean luma
@@ -56,7 +56,7 @@ TOLERANCE = 1  # frames
 # change is a transition) and viewing frames around each change; PySceneDetect's own tests
 # (Breakthrough/PySceneDetect tests/test_detectors.py, "threshold_testvideo_default") expect scene
 # starts [0, 15, 198, 376] over frames 0-500 with ThresholdDetector, which fall in the first three.
-TESTVIDEO_TRUTH = (
+TESTVIDEO_TRUTH: Truth = (
     (1, 30),  # black leader 0-29, hard cut into picture A (leaf on a rock) at 30
     (180, 241),  # hard cut to black at 180, black to 210, fade-in 211-240 of B (deer), full at 241
     (331, 424),  # B fades out 331-360, black 361-393, C (leaf on rock) fades in 394-423
@@ -68,7 +68,7 @@ TESTVIDEO_TRUTH = (
 # and in; the range is where the mean lies within 10 code values of black (white). PySceneDetect's
 # tests expect 84, 167 (ThresholdDetector floor) and 42, 125, 209 (ceiling): all inside. The 2-4
 # dark frames at either end of the file are not counted (no shot is that short).
-FADES_TRUTH = ((36, 47), (78, 89), (120, 130), (161, 172), (203, 214))
+FADES_TRUTH: Truth = ((36, 47), (78, 89), (120, 130), (161, 172), (203, 214))
 
 # Real black-and-white film excerpts (internal testing only), each a single shot (checked by viewing
 # every 8th frame): joined back to back they make a grainy archive reel with two known hard cuts.
@@ -78,83 +78,19 @@ FILM_EXCERPTS = ("v07", "v32", "v39")
 # made mostly of gradual transitions, one of constant fast motion.
 INTRA_COPIES = ("film-grey", "testvideo-grey", "davis-grey-0")
 
-Truth = tuple[tuple[int, int], ...]
-
-
-# codec -> (pixel format, encoder options): H.264 as a camera or web source has it (long GOP,
-# B-frames), ProRes 422 HQ and MJPEG as intra-only masters (every frame a keyframe)
-ENCODINGS: dict[str, tuple[str, dict[str, str]]] = {
-    "libx264": ("yuv420p", {"preset": "fast"}),
-    "prores": ("yuv422p10le", {"profile": "3"}),  # HQ
-    "mjpeg": ("yuvj420p", {}),
-    "ffv1": ("yuv420p", {}),  # lossless
-}
-
-
-def write_grey_reel(
-    path: Path,
-    frames: Iterable[np.ndarray],
-    fps: Fraction,
-    *,
-    crf: int = 18,
-    codec: str = "libx264",
-    timecode: str | None = None,
-    audio: bool = False,
-) -> int:
-    """Encode full-range grey frames ((H, W) uint8, H and W even) with ``codec`` (see ENCODINGS); return the count.
-
-    The luma is stored limited-range (0 -> 16, 255 -> 235; MJPEG: full range, as JPEG has it) with
-    neutral chroma, like a grey scan. ``crf``: H.264 quality; MJPEG is written at qscale 2.
-    ``timecode``: start timecode metadata (e.g. ``"10:00:00:00"``); ``audio``: add a stereo 48 kHz
-    AAC tone as long as the video (an archive's sound track, to check it is copied untouched).
-    """
-    pix_fmt, options = ENCODINGS[codec]
-    count = 0
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps, options=options | ({"crf": str(crf)} if codec == "libx264" else {}))
-        stream.pix_fmt = pix_fmt
-        stream.time_base = 1 / fps
-        if timecode:
-            stream.metadata["timecode"] = timecode
-        if codec == "mjpeg":
-            stream.codec_context.qscale = 2
-        sound = out.add_stream("aac", rate=48000) if audio else None
-        if sound is not None:
-            sound.layout = "stereo"
-        for grey in frames:
-            if count == 0:
-                stream.height, stream.width = grey.shape
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(grey), format="gray").reformat(format=pix_fmt)
-            frame.pts = count
-            out.mux(stream.encode(frame))
-            count += 1
-        out.mux(stream.encode(None))
-        if sound is not None:
-            rate, block, total = 48000, 1024, int(count / fps * 48000)
-            for start in range(0, total, block):
-                tone = 0.05 * np.sin(2 * np.pi * 440 * np.arange(start, min(start + block, total)) / rate)
-                samples = av.AudioFrame.from_ndarray(
-                    np.stack([tone, tone]).astype(np.float32), format="fltp", layout="stereo"
-                )
-                samples.sample_rate, samples.pts = rate, start
-                out.mux(sound.encode(samples))
-            out.mux(sound.encode(None))
-    return count
-
 
 def davis_reel(davis: Path, sequences: Sequence[str], dest: Path) -> Truth:
-    """Grey reel of ``sequences`` back to back; returns the hard cuts as (frame, frame) ranges."""
-    paths = [sorted((davis / s / "frames").glob("*.jpg")) for s in sequences]
-    cuts = np.cumsum([len(p) for p in paths])[:-1]
-    write_grey_reel(dest, (cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for p in paths for f in p), DAVIS_FPS)
-    return tuple((int(c), int(c)) for c in cuts)
+    """Grey H.264 reel of ``sequences`` back to back; returns the hard cuts as (frame, frame) ranges."""
+    shots = davis_grey_reel(davis, sequences, dest, DAVIS_FPS)
+    return tuple((s.start, s.start) for s in shots[1:])
 
 
 def grey_video_reel(sources: Sequence[Path], dest: Path, *, codec: str = "libx264") -> Truth:
     """``sources`` back to back with their chroma dropped, at the first one's size and frame rate.
 
     Returns the joins as (frame, frame) ranges (none for a single source): a grey copy of one
-    video, or a reel of several with hard cuts known exactly. ``codec``: see ENCODINGS.
+    video, or a reel of several with hard cuts known exactly. ``codec``: see
+    :data:`pipeline.media.synth.ENCODINGS`.
     """
     from pipeline.media.decode import iter_frames
     from pipeline.media.probe import probe
@@ -279,9 +215,9 @@ def scenedetect_version() -> str | None:
 def build_reels(work: Path) -> list[tuple[str, Path, Truth, bool]]:
     """(name, path, truth, has_fades) of every reel whose source data is present."""
     reels: list[tuple[str, Path, Truth, bool]] = []
-    davis = DATA / "davis"
+    davis = SHARED_DATA / "davis"
     if davis.is_dir():
-        names = sorted(p.name for p in davis.iterdir() if (p / "frames").is_dir())
+        names = list_sequences(davis, masks=False)
         for seed in DAVIS_SEEDS:
             order = [str(s) for s in np.random.default_rng(seed).permutation(names)[:DAVIS_SEQS_PER_REEL]]
             dest = work / f"davis-grey-{seed}.mp4"
@@ -289,15 +225,15 @@ def build_reels(work: Path) -> list[tuple[str, Path, Truth, bool]]:
             reels.append((dest.stem, dest, davis_reel(davis, order, dest), False))
     else:
         print(f"DAVIS not found at {davis}: skipping the DAVIS reels", file=sys.stderr)
-    film = [DATA / "film" / f"{name}.mp4" for name in FILM_EXCERPTS]
+    film = [SHARED_DATA / "film" / f"{name}.mp4" for name in FILM_EXCERPTS]
     if all(p.is_file() for p in film):
         dest = work / "film-grey.mp4"
         print(f"encoding {dest.name}: {' '.join(FILM_EXCERPTS)}", file=sys.stderr)
         reels.append((dest.stem, dest, grey_video_reel(film, dest), False))
     else:
-        print(f"film excerpts {FILM_EXCERPTS} not found under {DATA / 'film'}: skipping them", file=sys.stderr)
+        print(f"film excerpts {FILM_EXCERPTS} not found under {SHARED_DATA / 'film'}: skipping them", file=sys.stderr)
     for name, truth in (("testvideo", TESTVIDEO_TRUTH), ("fades", FADES_TRUTH)):
-        src = DATA / "reels" / f"{name}.mp4"
+        src = SHARED_DATA / "reels" / f"{name}.mp4"
         if not src.is_file():
             print(f"{src} not found: skipping it", file=sys.stderr)
             continue
@@ -397,45 +333,53 @@ def davis_total(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     return total
 
 
-def markdown_table(report: dict) -> str:
+def markdown(report: dict) -> str:
     """Scores, best wall and CPU times per reel and method (speed-ups over ContentDetector), then decode floors."""
-    rows = [
-        "| reel | method | precision | recall | F1 | TP/FP/FN | time (s) | ContentDetector time / this "
-        "| CPU (s) | ContentDetector CPU / this |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
     pooled = (
         [(f"DAVIS, {len(DAVIS_SEEDS)} reels pooled", {"methods": report["davis_total"]})]
         if report["davis_total"]
         else []
     )
-    named = [*report["reels"].items(), *pooled]
-    for name, reel in named:
+    scores = []
+    for name, reel in [*report["reels"].items(), *pooled]:
         content = reel["methods"].get("pyscenedetect-content", {})
         for m, r in reel["methods"].items():
             speed = [f"{content[k] / r[k]:.2f}x" if content else "-" for k in ("seconds_min", "cpu_seconds_min")]
-            rows.append(
-                f"| {name} | {m} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
-                f"{r['tp']}/{r['fp']}/{r['fn']} | {r['seconds_min']:.2f} | {speed[0]} | "
-                f"{r['cpu_seconds_min']:.2f} | {speed[1]} |"
+            scores.append(
+                [
+                    name,
+                    m,
+                    f"{r['precision']:.2f}",
+                    f"{r['recall']:.2f}",
+                    f"{r['f1']:.2f}",
+                    f"{r['tp']}/{r['fp']}/{r['fn']}",
+                    f"{r['seconds_min']:.2f}",
+                    speed[0],
+                    f"{r['cpu_seconds_min']:.2f}",
+                    speed[1],
+                ]
             )
-    rows += [
-        "",
-        "| reel | PyAV decode only (s) | PyAV reference frames only (s) | OpenCV decode only (s) "
-        "| postprod (s) | ContentDetector (s) | ContentDetector / reference frames only |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    floors = []
     for name, reel in report["reels"].items():
         dec, m = reel["decode_only_seconds_min"], reel["methods"]
         content = m.get("pyscenedetect-content", {}).get("seconds_min")
-        rows.append(
-            f"| {name} | {dec['pyav']:.2f} | {dec['pyav-refs']:.2f} | {dec['opencv']:.2f} | "
-            f"{m['postprod']['seconds_min']:.2f} | "
-            + (f"{content:.2f} | " if content else "- | ")
-            # intra-only: no frame is needed to decode another, so this is no floor
-            + (f"{content / dec['pyav-refs']:.2f}x |" if content and not reel.get("intra_only") else "- |")
+        floors.append(
+            [
+                name,
+                f"{dec['pyav']:.2f}",
+                f"{dec['pyav-refs']:.2f}",
+                f"{dec['opencv']:.2f}",
+                f"{m['postprod']['seconds_min']:.2f}",
+                f"{content:.2f}" if content else "-",
+                # intra-only: no frame is needed to decode another, so this is no floor
+                f"{content / dec['pyav-refs']:.2f}x" if content and not reel.get("intra_only") else "-",
+            ]
         )
-    return "\n".join(rows)
+    score_header = ["reel", "method", "precision", "recall", "F1", "TP/FP/FN", "time (s)"]
+    score_header += ["ContentDetector time / this", "CPU (s)", "ContentDetector CPU / this"]
+    floor_header = ["reel", "PyAV decode only (s)", "PyAV reference frames only (s)", "OpenCV decode only (s)"]
+    floor_header += ["postprod (s)", "ContentDetector (s)", "ContentDetector / reference frames only"]
+    return "\n".join([markdown_table(score_header, scores), "", markdown_table(floor_header, floors)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,11 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench_shots_") as tmp:
             report = run(Path(tmp), args.repeat)
-    table = markdown_table(report)
+    table = markdown(report)
     report["table_markdown"] = table
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out, force=True) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(table)
     print(f"\nwritten {args.out}")
     return 0

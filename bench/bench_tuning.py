@@ -11,7 +11,7 @@ matrix) is scaled to 480 px high and cut to at most ``--max-frames`` frames; sho
 frames or with a colourless first frame are skipped. Its grey L goes through
 ``pipeline.propagate.propagate_shot`` with the true first frame's ab as the keyframe and the
 default settings changed by ``--set`` (e.g. ``--set confidence_power=1 restore=false``; values
-are JSON: numbers, true/false, null), and is scored like ``bench_propagation``: RGB PSNR after
+are JSON: numbers, true/false, null), and is scored like ``bench.bench_propagation``: RGB PSNR after
 ``upsample_chroma``, over the non-keyframes; frame mean and mean of shots.
 """
 
@@ -27,11 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.bench_propagation import Shot, compose, working_ab
-from bench.harness import _json_safe
+from bench.toolkit import SHARED_DATA, Shot, compose, working_ab, write_json
 from pipeline.color import rgb_from_luma_chroma
 from pipeline.errors import PostprodError
-from pipeline.files import atomic_output
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.metrics import psnr
@@ -45,8 +43,8 @@ from pipeline.propagate import (
     upsample_chroma,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reels"
-DEFAULT_REELS = tuple(DATA / n for n in ("testvideo.mp4", "goldeneye-vfr-drop3.mp4", "issue-195-aspect-ratio.mp4"))
+REELS = SHARED_DATA / "reels"
+DEFAULT_REELS = tuple(REELS / n for n in ("testvideo.mp4", "goldeneye-vfr-drop3.mp4", "issue-195-aspect-ratio.mp4"))
 DEFAULT_OUT = Path("bench") / "results" / "tuning.json"
 HEIGHT = 480  # px, as DAVIS
 MIN_FRAMES = 10
@@ -160,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(args.assignments) or 'defaults'}: {result['psnr_frames']:.3f} dB over {len(frames)} frames "
         f"({result['psnr_shots']:.3f} dB mean of {len(per_shot)} shots)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out, force=True) as tmp:
-        tmp.write_text(json.dumps(_json_safe(result), indent=1))
+    write_json(args.out, result)
     return 0
 
 

@@ -21,9 +21,10 @@ import shutil
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
+
+from pipeline.media.synth import write_grey_reel
 
 # (sequence, first frame, frames in the reel, frame used as exemplar when not a keyframe)
 SHOTS = (("blackswan", 0, 24, None), ("car-shadow", 0, 24, 36), ("camel", 0, 24, 60))
@@ -47,30 +48,17 @@ def load(davis: Path, seq: str, kind: str, index: int) -> Image.Image:
 
 
 def write_reel(path: Path, greys: list[np.ndarray]) -> None:
-    """Grey (H, W) uint8 frames -> H.264 .mov with timecode and an AAC tone covering the video."""
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=FPS, options={"crf": "16", "preset": "slow", "g": "24"})
-        video.width, video.height, video.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
-        video.time_base = 1 / FPS
-        video.metadata["timecode"] = TIMECODE
-        ctx = video.codec_context  # SD: BT.601 (SMPTE 170M), limited range
-        ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc = 1, 6, 6, 6
-        audio = out.add_stream("aac", rate=48000)
-        audio.layout = "stereo"
-        for i, grey in enumerate(greys):
-            frame = av.VideoFrame.from_ndarray(grey, format="gray").reformat(format="yuv420p")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-        rate, block = 48000, 1024
-        total = int(len(greys) / FPS * rate)
-        for start in range(0, total, block):
-            t = np.arange(start, min(start + block, total)) / rate
-            tone = (0.05 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            samples = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-            samples.sample_rate, samples.pts = rate, start
-            out.mux(audio.encode(samples))
-        out.mux(audio.encode(None))
+    """Grey (H, W) uint8 frames -> H.264 .mov (BT.601 SD tags) with timecode and an AAC tone covering the video."""
+    write_grey_reel(
+        path,
+        greys,
+        FPS,
+        crf=16,
+        options={"preset": "slow", "g": "24"},
+        timecode=TIMECODE,
+        audio=True,
+        colour_tags="bt601",  # SD: BT.601 (SMPTE 170M), limited range
+    )
 
 
 def make_demo(davis: Path, out: Path) -> None:
@@ -86,6 +74,7 @@ def make_demo(davis: Path, out: Path) -> None:
         else:
             load(davis, seq, "frames", exemplar).save(refs / f"shot-{k}.png")
         if k == 2:
+            assert exemplar is not None  # shot 2 has an exemplar, and the masks go with it
             load(davis, seq, "masks", first).save(refs / f"shot-{k}.animal.mask.png")
             load(davis, seq, "masks", exemplar).save(refs / f"shot-{k}.animal.refmask.png")
     write_reel(out / "reel.mov", greys)

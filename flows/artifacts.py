@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -163,8 +163,12 @@ class ShotProgress:
 
     def __init__(self, reel: Path, total: int) -> None:
         self.total, self.done = max(total, 1), 0
-        self.id: UUID = create_progress_artifact(
-            0.0, key=artifact_key(reel, "progress"), description=f"shots of {Path(reel).name} finished"
+        # called from sync code: Prefect's sync/async function returns the value itself
+        self.id = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key=artifact_key(reel, "progress"), description=f"shots of {Path(reel).name} finished"
+            ),
         )
 
     def advance(self, n: int = 1) -> float:

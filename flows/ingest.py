@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -41,7 +42,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 
 from flows.reel import reel_tag
-from pipeline.media.encode import CODECS
+from pipeline.media.encode import CODECS, CodecName
 from pipeline.settings import RunSettings
 from pipeline.workdir import default_workdir, reel_fingerprint
 
@@ -88,7 +89,7 @@ def scan_ingest(folder: Path, *, settle_seconds: float = 60.0, now: float | None
     return items
 
 
-def output_path(out_dir: Path, name: str, codec: str) -> Path:
+def output_path(out_dir: Path, name: str, codec: CodecName) -> Path:
     """``<out_dir>/<name><first suffix of codec>`` (a folder for image sequences)."""
     return Path(out_dir) / f"{name}{CODECS[codec].suffixes[0]}"
 
@@ -155,22 +156,26 @@ def ingest(
             )
         if status != "new":
             continue
-        flow_run = run_deployment(
-            deployment,
-            timeout=0,
-            as_subflow=False,
-            tags=[reel_tag(item.reel)],
-            flow_run_name=f"colorize-{item.name}",
-            # two overlapping scans cannot submit the same attempt twice
-            idempotency_key=f"{item.name}-{reel_fingerprint(item.reel)[:16]}-{len(runs)}",
-            parameters={
-                "reel": str(item.reel),
-                "refs": None if item.refs is None else str(item.refs),
-                "out": str(out),
-                "workdir": str(work_root / default_workdir(item.reel).name),
-                "settings": settings.to_dict(),
-                "shot_deployment": shot_deployment,
-            },
+        # called from sync code: Prefect's sync/async function returns the FlowRun itself
+        flow_run = cast(
+            FlowRun,
+            run_deployment(
+                deployment,
+                timeout=0,
+                as_subflow=False,
+                tags=[reel_tag(item.reel)],
+                flow_run_name=f"colorize-{item.name}",
+                # two overlapping scans cannot submit the same attempt twice
+                idempotency_key=f"{item.name}-{reel_fingerprint(item.reel)[:16]}-{len(runs)}",
+                parameters={
+                    "reel": str(item.reel),
+                    "refs": None if item.refs is None else str(item.refs),
+                    "out": str(out),
+                    "workdir": str(work_root / default_workdir(item.reel).name),
+                    "settings": settings.to_dict(),
+                    "shot_deployment": shot_deployment,
+                },
+            ),
         )
         logger.info("%s: submitted %s (attempt %d)", item.reel.name, flow_run.name, len(runs) + 1)
         submitted.append(item.name)

@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture, as_completed
@@ -94,7 +96,8 @@ def _local_wave(
     that many slots of the ``gpu`` limit."""
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
-    pending, running = list(wave), {}
+    pending: list[int] = list(wave)
+    running: dict[PrefectFuture, int] = {}
     while pending or running:
         while pending and len(running) < slots:
             i = pending.pop(0)
@@ -131,17 +134,21 @@ def _farm_wave(
     failures: dict[int, str] = {}
     runs: dict[UUID, int] = {}
     for i in wave:
-        flow_run = run_deployment(
-            deployment,
-            timeout=0,
-            tags=[reel_tag(reel)],
-            flow_run_name=f"colorize-{reel.stem}-shot-{i}",
-            parameters={
-                "plan_path": str(plan_path),
-                "shot_index": i,
-                "workdir": str(workdir),
-                "settings": settings.to_dict(),
-            },
+        # called from sync code: Prefect's sync/async function returns the FlowRun itself
+        flow_run = cast(
+            FlowRun,
+            run_deployment(
+                deployment,
+                timeout=0,
+                tags=[reel_tag(reel)],
+                flow_run_name=f"colorize-{reel.stem}-shot-{i}",
+                parameters={
+                    "plan_path": str(plan_path),
+                    "shot_index": i,
+                    "workdir": str(workdir),
+                    "settings": settings.to_dict(),
+                },
+            ),
         )
         runs[flow_run.id] = i
     with get_client(sync_client=True) as client:
@@ -215,7 +222,9 @@ def colorize_reel(
     )
 
     def run_wave(todo: list[int]) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
-        on_done: OnDone = lambda _: progress.advance()  # noqa: E731
+        def on_done(_: int) -> None:
+            progress.advance()
+
         if shot_deployment:
             return _farm_wave(todo, shot_deployment, reel, plan_file, workdir, settings, poll_seconds, on_done)
         return _local_wave(todo, slots, plan_file, workdir, settings, on_done)
@@ -233,9 +242,9 @@ def colorize_reel(
     for i, err in sorted(failures.items()):
         logger.error("shot %d failed: %s", i, err)
     segments = {i: o.segment_file(workdir) for i, o in outcomes.items()}
-    sheet = workdir / CONTACT_SHEET
+    sheet: Path | None = workdir / CONTACT_SHEET
     try:
-        contact_sheet(plan_file, segments, sheet)
+        contact_sheet(plan_file, segments, workdir / CONTACT_SHEET)
     except Exception as err:  # the report still goes out, without its picture
         logger.warning("no contact sheet: %s", _one_line(err))
         sheet = None

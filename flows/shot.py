@@ -29,7 +29,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.states import State
@@ -231,8 +231,13 @@ def colorize_shot_flow(
     Leaves the :class:`ShotOutcome` in ``workdir/outcomes/`` for the reel's flow."""
     ensure_gpu_limit()
     plan_path, workdir = Path(plan_path), Path(workdir)
-    outcome = outcome_of(
-        shot_task(plan_path, shot_index, workdir, settings)(plan_path, shot_index, workdir, settings, return_state=True)
+    # called from sync code: the task returns its final State itself
+    state = cast(
+        State,
+        shot_task(plan_path, shot_index, workdir, settings)(
+            plan_path, shot_index, workdir, settings, return_state=True
+        ),
     )
+    outcome = outcome_of(state)
     write_outcome(workdir, outcome)
     return outcome.to_dict()

@@ -55,10 +55,12 @@ def lpips_from_features(feats_a: dict[str, Tensor], feats_b: dict[str, Tensor], 
     Returns:
         (B,) distances, >= 0, 0 for identical features.
     """
-    total = 0.0
+    total: Tensor | float = 0.0
     for layer, weight in lin.items():
         diff = (unit_normalize(feats_a[layer]) - unit_normalize(feats_b[layer])).pow(2)
         total = total + (diff * weight).sum(dim=1).mean(dim=(1, 2))
+    if not isinstance(total, Tensor):
+        raise ValueError("LPIPS needs at least one layer in lin")
     return total
 
 

@@ -285,6 +285,7 @@ class ColorNet(nn.Module):
         self.head = nn.Conv2d(widths[0], 2, 1)
         # zero head: the untrained network returns the attended ab unchanged
         nn.init.zeros_(self.head.weight)
+        assert self.head.bias is not None  # nn.Conv2d(..., bias=True), the default
         nn.init.zeros_(self.head.bias)
 
     def forward(self, target_l: Tensor, matched: Matched) -> Tensor:
@@ -300,7 +301,8 @@ class ColorNet(nn.Module):
         for level, encoder in enumerate(self.encoders):
             if level < len(attended):
                 a = attended[level]
-                x = torch.cat([x, F.adaptive_avg_pool2d(a, x.shape[-2:]) if level else a], dim=1)
+                x_h, x_w = x.shape[-2:]
+                x = torch.cat([x, F.adaptive_avg_pool2d(a, (x_h, x_w)) if level else a], dim=1)
             x = encoder(x)
             skips.append(x)
             if level < 3:
@@ -366,7 +368,8 @@ def colorize_net(
     check_exemplar_inputs(target_l, reference_lab, masks)
     device = target_l.device
     pairs = [list(p) for p in masks] if masks is not None else [[] for _ in reference_lab]
-    size_t = working_size(*target_l.shape[-2:], work_size)
+    target_h, target_w = target_l.shape[-2:]
+    size_t = working_size(target_h, target_w, work_size)
     l_t = resize(target_l.float(), size_t)
     full_t = [tm.to(device) for p in pairs for tm, _ in p]
     small_t = [resize_mask(tm, size_t) for tm in full_t]
@@ -375,8 +378,10 @@ def colorize_net(
     refs, labels_r, mask_args = [], [], []
     k_first = 0
     for ref, ref_pairs in zip(reference_lab, pairs, strict=True):
-        lab = resize(ref.to(device).float(), working_size(*ref.shape[-2:], work_size))
-        rm = [resize_mask(m.to(device), tuple(lab.shape[-2:])) for _, m in ref_pairs]
+        ref_h, ref_w = ref.shape[-2:]
+        lab = resize(ref.to(device).float(), working_size(ref_h, ref_w, work_size))
+        lab_h, lab_w = lab.shape[-2:]
+        rm = [resize_mask(m.to(device), (lab_h, lab_w)) for _, m in ref_pairs]
         regions = region_map(torch.stack(rm)) if rm else None
         refs.append(lab)
         labels_r.append(_labels(lab[:, :1], regions))

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from model.color import lab_to_rgb, rgb_to_lab
 from model.net import ColorNet, Matched, colornet_shapes, match_references
 from model.superpixels import superpixels
 from model.weights import save_state
+
+if TYPE_CHECKING:
+    from model.features import VGG16Features
 
 CROPS_PER_PHOTO = 4
 CROP_SPREAD = 0.25  # windows' centres within +-25 % of the free range around the photo's centre
@@ -167,12 +171,14 @@ def build_bank(
 
     for path in photos:
         rgb = _fit(_read_rgb(read, path), round(size * 1.375))
-        add([rgb[:, y : y + size, x : x + size] for y, x in _windows(*rgb.shape[-2:], size, CROPS_PER_PHOTO, rng)])
+        rgb_h, rgb_w = rgb.shape[-2:]
+        add([rgb[:, y : y + size, x : x + size] for y, x in _windows(rgb_h, rgb_w, size, CROPS_PER_PHOTO, rng)])
     for frames in sequences:
         for i in range(0, max(0, len(frames) - 1), FRAME_GAP):
             j = min(len(frames) - 1, i + int(rng.integers(1, FRAME_GAP + 1)))
             a, b = (_fit(_read_rgb(read, frames[k]), round(size * 1.375)) for k in (i, j))
-            ((y, x),) = _windows(*a.shape[-2:], size, 1, rng)
+            a_h, a_w = a.shape[-2:]
+            ((y, x),) = _windows(a_h, a_w, size, 1, rng)
             add([a[:, y : y + size, x : x + size], b[:, y : y + size, x : x + size]])
     if not groups:
         raise ValueError("no training images found")
@@ -254,7 +260,7 @@ class PerceptualLoss(torch.nn.Module):
     ``pred`` only.
     """
 
-    def __init__(self, features: torch.nn.Module) -> None:
+    def __init__(self, features: VGG16Features) -> None:
         super().__init__()
         from model.lpips import LPIPS_WEIGHTS, lpips_weight_shapes
         from model.weights import read_state

@@ -75,6 +75,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -560,8 +561,10 @@ def encode_reference(
     """
     if reference_lab.ndim != 4 or reference_lab.shape[:2] != (1, 3):
         raise ValueError(f"reference_lab must be (1, 3, Hr, Wr), got {tuple(reference_lab.shape)}")
-    lab = resize(reference_lab.float(), working_size(*reference_lab.shape[-2:], work_size))
-    masks = [resize_mask(m.to(lab.device), tuple(lab.shape[-2:])) for m in reference_masks]
+    ref_h, ref_w = reference_lab.shape[-2:]
+    lab = resize(reference_lab.float(), working_size(ref_h, ref_w, work_size))
+    lab_h, lab_w = lab.shape[-2:]
+    masks = [resize_mask(m.to(lab.device), (lab_h, lab_w)) for m in reference_masks]
     labels = _segment(lab[:, :1], region_map(torch.stack(masks)) if masks else None)
     return EncodedReference(
         lab,
@@ -650,7 +653,8 @@ def transfer_colour(
                 )
 
     # 1-2. working resolution and superpixels
-    size_t = working_size(*target_l.shape[-2:], work_size)
+    target_h, target_w = target_l.shape[-2:]
+    size_t = working_size(target_h, target_w, work_size)
     l_t = resize(target_l.float(), size_t)
     full_masks = [tm.to(device) for ref_pairs in pairs for tm, _ in ref_pairs]
     target_masks = [resize_mask(tm, size_t) for tm in full_masks]
@@ -661,7 +665,11 @@ def transfer_colour(
     # 3. super-features, and mean L for the lightness prior; references concatenated along N
     levels_t = superfeature_levels(features, l_t, labels_t, reduce)
     levels_r: list[list[Tensor]] = []
-    colours_r, member_r, lightness_r, coords_r, places_r = [], [], [], [], []
+    colours_r: list[Tensor] = []
+    member_r: list[Tensor] = []
+    lightness_r: list[Tensor] = []
+    coords_r: list[Tensor] = []  # one per reference, only when there are mask pairs (k_total > 0)
+    places_r: list[Tensor] = []
     k_total, first = len(target_masks), 0
     for ref, ref_pairs in zip(reference_lab, pairs, strict=True):
         encoded = (
@@ -687,18 +695,17 @@ def transfer_colour(
         centroids = superpixel_centroids(labels)
         places_r.append(image_position(centroids, labels.shape))
         # this reference's superpixels in the frame of every mask pair (only its own pairs matter)
-        coords_r.append(
-            torch.stack(
-                [
-                    object_coordinates(centroids, ref_masks[k - first])
-                    if first <= k < first + len(ref_masks)
-                    else torch.zeros_like(centroids)
-                    for k in range(k_total)
-                ]
+        if k_total:
+            coords_r.append(
+                torch.stack(
+                    [
+                        object_coordinates(centroids, ref_masks[k - first])
+                        if first <= k < first + len(ref_masks)
+                        else torch.zeros_like(centroids)
+                        for k in range(k_total)
+                    ]
+                )
             )
-            if k_total
-            else None
-        )
         first += len(ref_masks)
     colours = torch.cat(colours_r, dim=2)  # (1, 2, N_r)
 
@@ -770,6 +777,19 @@ def _region_maps(masks: list[Tensor], full_masks: list[Tensor]) -> tuple[Tensor 
     return both[: small.shape[2]].reshape(masks[0].shape), both[small.shape[2] :].reshape(full_masks[0].shape)
 
 
+class _TransferOptions(TypedDict):
+    """The keyword parameters :class:`ColourTransfer` passes on to :func:`transfer_colour`."""
+
+    tau: float
+    delta_s: float
+    delta_c: float
+    work_size: int
+    reduce: Reduce
+    fusion_radius: float
+    regrain_output: bool
+    position_sigma: float | None
+
+
 class ColourTransfer(nn.Module):
     """Module form of :func:`transfer_colour` holding the feature extractor and parameters.
 
@@ -801,7 +821,7 @@ class ColourTransfer(nn.Module):
 
             features = load_vgg16()
         self.features = features
-        self.options = {
+        self.options: _TransferOptions = {
             "tau": tau,
             "delta_s": delta_s,
             "delta_c": delta_c,

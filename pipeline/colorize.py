@@ -32,7 +32,7 @@ class Exemplar:
     masks: tuple[tuple[np.ndarray, np.ndarray], ...] = field(default_factory=tuple)
 
 
-def resolve_device(device: Device | str = "auto") -> torch.device:
+def resolve_device(device: Device | str | torch.device = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cpu' / 'cuda' as given."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,9 +61,9 @@ def colorize_still(
     exemplars: list[Exemplar],
     *,
     method: Method = DEFAULT_METHOD,
-    device: Device | str = "auto",
+    device: Device | str | torch.device = "auto",
     features: torch.nn.Module | None = None,
-    net: torch.nn.Module | None = None,
+    net: ColorNet | None = None,
 ) -> np.ndarray:
     """Colorize a grey image; returns its chroma as Lab ab.
 

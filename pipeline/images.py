@@ -118,7 +118,7 @@ def read_mask(path: str | Path, size: tuple[int, int], *, of: str | Path | None 
     if img.size != tuple(size):
         target = f" of {of}" if of else ""
         raise PostprodError(path, f"mask is {img.size[1]}x{img.size[0]} but the image{target} is {size[1]}x{size[0]}")
-    mask = img.pixels > 0 if img.is_grey else (img.pixels > 0).any(axis=2)
+    mask = img.pixels > 0 if img.is_grey else np.any(img.pixels > 0, axis=2)
     if not mask.any():
         raise PostprodError(path, "mask is empty (no non-zero pixel)")
     return mask

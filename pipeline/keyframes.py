@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
-from pipeline.color import codes_to_luma, rgb_to_ycbcr
+from pipeline.color import Matrix, codes_to_luma, rgb_to_ycbcr
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
 from pipeline.images import read_colour
@@ -220,6 +220,10 @@ class Plan:
         return "\n".join(lines)
 
 
+def _name(path: Path | None) -> str:
+    return "-" if path is None else path.name
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -284,10 +288,10 @@ def match_score(reference: np.ndarray, frame: np.ndarray) -> float:
     return luma_correlation(reference, frame) + HIST_WEIGHT * histogram_similarity(reference, frame)
 
 
-def reference_thumbnail(path: Path, matrix: str, size: tuple[int, int]) -> np.ndarray:
+def reference_thumbnail(path: Path, matrix: Matrix, size: tuple[int, int]) -> np.ndarray:
     """Luma (Y' of the reel's matrix, "bt601"/"bt709") of a colour reference as an (h, w)
     float32 thumbnail in [0, 1]."""
-    return luma_thumbnail(rgb_to_ycbcr(read_colour(path).pixels, matrix)[0], size)  # type: ignore[arg-type]
+    return luma_thumbnail(rgb_to_ycbcr(read_colour(path).pixels, matrix)[0], size)
 
 
 def reel_luma(info: ReelInfo, *, max_height: int = THUMB_HEIGHT) -> FrameSource:
@@ -296,7 +300,7 @@ def reel_luma(info: ReelInfo, *, max_height: int = THUMB_HEIGHT) -> FrameSource:
 
     def decode(start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         for f in iter_frames(info.path, start, stop, max_height=max_height):
-            yield f.index, codes_to_luma(f.luma, f.bit_depth, info.luma_range)  # type: ignore[arg-type]
+            yield f.index, codes_to_luma(f.luma, f.bit_depth, info.luma_range)
 
     return decode
 
@@ -417,24 +421,23 @@ def _clashes(keys: list[tuple[Reference, Keyframe]]) -> list[Problem]:
     for frame in sorted({k.frame for _, k in keys}):
         here = [k for _, k in keys if k.frame == frame]
         coloured = [k for k in here if k.kind == "coloured"]
+        if not coloured:
+            continue
+        first = _name(coloured[0].image)
         problems += [
-            Problem(str(k.image), f"is a second coloured keyframe for frame {frame} (so is {coloured[0].image.name})")  # type: ignore[union-attr]
+            Problem(str(k.image), f"is a second coloured keyframe for frame {frame} (so is {first})")
             for k in coloured[1:]
         ]
-        if coloured:
-            problems += [
-                Problem(
-                    str(k.image),
-                    f"is an exemplar anchored at frame {frame}, which {coloured[0].image.name} colours already",
-                )  # type: ignore[union-attr]
-                for k in here
-                if k.kind == "exemplar"
-            ]
+        problems += [
+            Problem(str(k.image), f"is an exemplar anchored at frame {frame}, which {first} colours already")
+            for k in here
+            if k.kind == "exemplar"
+        ]
     return problems
 
 
 def _best_matches(
-    shot: Shot, group: list[Reference], coloured: set[int], matrix: str, size: tuple[int, int], decode: FrameSource
+    shot: Shot, group: list[Reference], coloured: set[int], matrix: Matrix, size: tuple[int, int], decode: FrameSource
 ) -> list[tuple[Reference, Keyframe]]:
     """For each reference of ``group`` the frame of ``shot`` that matches it best (not a
     coloured keyframe; the earliest on ties), decoding the shot once, one frame at a time."""

@@ -89,14 +89,17 @@ as (dx, dy) with ``frame_from(x) ~ frame_to(x + flow(x))``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from model.transfer import FeatureExtractor
 
 Colorizer = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 """``colorizer(target_l, references) -> ab``: target_l (h, w) float32 L in [0, 100];
@@ -227,7 +230,7 @@ def to_working(l: np.ndarray, work_size: int) -> np.ndarray:
     """(H, W) L -> (h, w) float32 with the short side at most ``work_size`` (area filter)."""
     from model.transfer import working_size
 
-    h, w = working_size(*l.shape, work_size)
+    h, w = working_size(l.shape[0], l.shape[1], work_size)
     l = np.asarray(l, dtype=np.float32)
     return l if (h, w) == l.shape else cv2.resize(l, (w, h), interpolation=cv2.INTER_AREA)
 
@@ -248,7 +251,7 @@ def _to_u8(l: np.ndarray) -> np.ndarray:
 
 def flow_estimator(finest_scale: int = 0) -> cv2.DISOpticalFlow:
     """OpenCV DIS, medium preset, computing down to pyramid level ``finest_scale`` (0: full size)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(finest_scale)
     return dis
 
@@ -256,7 +259,8 @@ def flow_estimator(finest_scale: int = 0) -> cv2.DISOpticalFlow:
 def optical_flow(l_from: np.ndarray, l_to: np.ndarray, dis: cv2.DISOpticalFlow) -> np.ndarray:
     """DIS flow between two L frames (h, w) in [0, 100]: (h, w, 2) float32 with
     ``l_from(x) ~ l_to(x + flow(x))``."""
-    return dis.calc(_to_u8(l_from), _to_u8(l_to), None)
+    # OpenCV allocates the output for None; its stub does not list that overload
+    return dis.calc(_to_u8(l_from), _to_u8(l_to), None)  # type: ignore[call-overload]
 
 
 def _pixel_grid(h: int, w: int) -> np.ndarray:
@@ -401,7 +405,7 @@ class _Sweep:
         self.s = settings
         self.colorizer = colorizer
         self.dis = flow_estimator(settings.flow_finest_scale)
-        self.key_lab: np.ndarray | None = None
+        self.key_lab = np.zeros((3, 0, 0), np.float32)  # set by reset()
 
     def reset(self, l: np.ndarray, ab: np.ndarray) -> None:
         """Start from a keyframe: L (h, w), ab (2, h, w)."""
@@ -488,7 +492,7 @@ class _Sweep:
         attn = warp(self.attn, back)
         self.since_attention += 1
         if self.since_attention >= s.attention_every and float((conf < UNSURE).mean()) >= s.attention_min_area:
-            refs = [self.key_lab]
+            refs: list[np.ndarray] = [self.key_lab]
             if s.attention_previous:
                 refs.append(np.concatenate([l_previous[None], self.ab]).astype(np.float32))
             fresh = self.colorizer(l, refs)
@@ -530,7 +534,12 @@ def propagate_shot(
         have run (the backward sweep needs the whole shot).
     """
     settings = settings or PropagationSettings()
-    n = len(luma) if length is None else length  # type: ignore[arg-type]
+    if length is not None:
+        n = length
+    elif isinstance(luma, Sized):
+        n = len(luma)
+    else:
+        raise ValueError("give the shot's length when luma is a stream (a generator has no len)")
     keys = sorted(keyframes)
     if not keys:
         raise ValueError("propagation needs at least one keyframe")
@@ -540,7 +549,7 @@ def propagate_shot(
         colorizer = attention_colorizer(
             device=device, work_size=settings.attention_size, position_sigma=settings.attention_position_sigma
         )
-    with tempfile.TemporaryDirectory(prefix="postprod-propagate-") if store is None else nullcontext() as folder:
+    with tempfile.TemporaryDirectory(prefix="postprod-propagate-") if store is None else nullcontext("") as folder:
         store = store if store is not None else NpyStore(folder)
         _forward(luma, n, keyframes, keys, store, settings, colorizer)
         _backward(n, keyframes, keys, store, settings, colorizer)
@@ -618,7 +627,7 @@ def _backward(
 def attention_colorizer(
     device: str = "cpu",
     work_size: int = PropagationSettings.attention_size,
-    features: object | None = None,
+    features: FeatureExtractor | None = None,
     position_sigma: float | None = None,
 ) -> Colorizer:
     """The training-free super-attention transfer (``model.transfer.transfer_colour``, VGG-16

@@ -272,7 +272,8 @@ def _toml_entry(entry: Any, folder: Path, d: _Declared, problems: list[Problem])
         elif not (isinstance(own, str) and own):
             bad(f"object {name!r}: image must be a file name, got {own!r}")
         else:
-            d.objects.append(ObjectRef(name, folder / own, folder / files[0], folder / files[1]))
+            mask, refmask = (str(f) for f in files)
+            d.objects.append(ObjectRef(name, folder / own, folder / mask, folder / refmask))
     return d
 
 
@@ -330,8 +331,8 @@ def _stem_reference(
                 f"{stem}.{name}.{role}.<ext>" for role, p in (("mask", mask), ("refmask", refmask)) if p is None
             )
             problems.append(Problem(str(mask or refmask or own), f"object {name!r} has no partner {lacking}"))
-        elif own or main:
-            objects.append(ObjectRef(name, own or main, mask, refmask))  # type: ignore[arg-type]
+        elif (image := own or main) is not None:
+            objects.append(ObjectRef(name, image, mask, refmask))
         else:
             problems.append(Problem(str(mask), f"object {name!r} has no reference image: add {stem}.<ext>"))
     if main is None:
@@ -341,7 +342,9 @@ def _stem_reference(
             )
         return None
     kind, number = stem.lower().split("-")
-    return _Declared(main, "", main, objects=objects, **{kind: int(number)})
+    if kind == "frame":
+        return _Declared(main, "", main, frame=int(number), objects=objects)
+    return _Declared(main, "", main, shot=int(number), objects=objects)
 
 
 # --- checks against the reel -------------------------------------------------------------
@@ -390,13 +393,13 @@ def _check(
             shot = None
     objects_ok = [_masks_ok(o, reel, sizes, problems) for o in d.objects]
     size = sizes.get(d.image) if d.image is not None else None
-    if shot is None or size is None or not all(objects_ok):
+    if shot is None or size is None or d.image is None or not all(objects_ok):
         return None
     return Reference(
         image=d.image,
         size=size,
         shot=shot,
-        frame=frame,  # type: ignore[arg-type]
+        frame=frame,
         objects=tuple(d.objects),
         origin=d.origin,
     )

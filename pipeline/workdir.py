@@ -28,12 +28,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.keyframes import Plan, read_plan
+from pipeline.media.encode import CodecName
 from pipeline.settings import RunSettings
 
 PLAN_NAME = "plan.json"
 SHOTS_NAME = "shots.json"
 SEGMENTS = "segments"
-SEGMENT_CODEC = "ffv1"
+SEGMENT_CODEC: CodecName = "ffv1"
 COLOUR_VERSION = 2
 """Part of every shot key: raised with any change to the colour maths that changes pixels, so a
 work folder left by an older postprod is recomputed, not reused."""

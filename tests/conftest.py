@@ -17,8 +17,11 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.media.synth import write_tone
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TONE_AMPLITUDE = 0.3  # the clips' 440 Hz tone, full scale 1
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +131,7 @@ def write_clip(
             out.mux(video.encode(picture))
         out.mux(video.encode(None))
         if audio is not None:
-            _write_tone(out, audio, float(start_time + frames / fps))
+            write_tone(out, audio, float(start_time + frames / fps), amplitude=TONE_AMPLITUDE)
     return Clip(
         path=path,
         frames=frames,
@@ -141,23 +144,6 @@ def write_clip(
         audio_codec=audio_codec,
         start_time=Fraction(round(start_time * fps)) / fps,
     )
-
-
-def _write_tone(out: av.container.OutputContainer, audio: av.audio.stream.AudioStream, seconds: float) -> None:
-    rate, block = 48000, 1024
-    total = int(seconds * rate)
-    fmt = audio.codec_context.format.name
-    for start in range(0, total, block):
-        t = np.arange(start, min(start + block, total)) / rate
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        if fmt == "fltp":
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-        else:  # packed s16 (PCM)
-            pcm = (np.stack([tone, tone], axis=1).reshape(1, -1) * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = rate, start
-        out.mux(audio.encode(frame))
-    out.mux(audio.encode(None))
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +182,7 @@ def audio_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with av.open(str(path), "w") as out:
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "stereo"
-        _write_tone(out, audio, 0.5)
+        write_tone(out, audio, 0.5, amplitude=TONE_AMPLITUDE)
     return path
 
 

@@ -17,14 +17,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-import av
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,6 +29,7 @@ from pipeline import review, run
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
 from pipeline.keyframes import Plan
+from pipeline.media import synth
 from pipeline.settings import RunSettings
 from pipeline.workdir import PLAN_NAME, SEGMENTS, load_plan, segment_path
 
@@ -49,35 +47,14 @@ REF_SHOTS = (0, 2, 4)  # shots 1, 3, 5 take their colours from neighbouring shot
 def write_cut_reel(
     path: Path, shots: int = SHOTS, length: int = SHOT_LEN, width: int = 96, height: int = 64, seed: int = 7
 ) -> Path:
-    """A grey FFV1 reel of ``shots`` hard-cut shots of ``length`` frames at 24 fps: each shot a
-    different blocky texture panned 2 px a frame, with a bar moving 3 px a frame. Blocks are 8 px
-    per 64 px of height, so larger reels are not noise at the shot detector's analysis size."""
-    rng = np.random.default_rng(seed)
-    block = 8 * max(1, height // 64)
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("ffv1", rate=Fraction(24))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        for s in range(shots):
-            blocks = rng.integers(30, 220, size=(-(-height // block), -(-width // block))).astype(np.float32)
-            texture = np.kron(blocks, np.ones((block, block), np.float32))[:height, :width]
-            for f in range(length):
-                bar = ((np.arange(width)[None] - 3 * f) % width < 6) * 30.0
-                grey = np.clip(np.roll(texture, 2 * f, axis=1) + bar, 0, 255).astype(np.uint8)
-                frame = av.VideoFrame.from_ndarray(np.stack([grey] * 3, -1), format="rgb24")
-                frame.pts = s * length + f
-                out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-    return path
+    """A grey FFV1 reel of ``shots`` hard-cut shots of ``length`` frames at 24 fps
+    (:func:`pipeline.media.synth.write_cut_reel`: panning blocky textures, a moving bar)."""
+    return synth.write_cut_reel(path, shots, length, width=width, height=height, seed=seed)
 
 
 def write_shot_refs(folder: Path, shots: tuple[int, ...] = REF_SHOTS, seed: int = 3) -> Path:
     """``shot-K.png`` colour exemplars (smooth random colours, 48x32) for ``shots``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for k in shots:
-        small = rng.integers(0, 256, size=(8, 12, 3)).astype(np.uint8)
-        Image.fromarray(small).resize((48, 32), Image.BILINEAR).save(folder / f"shot-{k}.png")
-    return folder
+    return synth.write_shot_refs(folder, shots, seed=seed)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""bench.baselines on synthetic Lab images, and a tiny bench.harness run on DAVIS."""
+"""The benchmarks' code: bench.baselines on synthetic Lab images, a tiny bench.harness run on
+DAVIS, the Markdown and JSON of bench.toolkit, and the other benches on small inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from bench.baselines import copy_chroma, grey, reinhard, welsh
-from bench.harness import DEFAULT_DAVIS, available_methods, load_pairs, main, markdown_tables, run
+from bench.harness import main, markdown_tables, run
+from bench.toolkit import DEFAULT_DAVIS, available_methods, load_pairs, markdown_table, write_json
 
 
 def two_colour_reference() -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +51,32 @@ def test_welsh_matches_by_luminance_and_takes_reference_colours() -> None:
     ab = welsh(target_l, [ref], None)
     assert np.allclose(ab[2, 0], (40, 10)) and np.allclose(ab[2, -1], (-20, -30))
     assert np.isin(ab[..., 0], ref[..., 1]).all()  # every colour comes from the reference
+
+
+def test_results_json_is_strict_and_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "r.json"
+    result = {
+        "empty_mask": float("nan"),
+        "scores": (np.float32(1.5), float("inf")),
+        "sizes": np.arange(3),
+        "reel": Path("a") / "b.mkv",
+        "fps": Fraction(24000, 1001),
+    }
+    write_json(out, result)
+    assert json.loads(out.read_text()) == {
+        "empty_mask": None,
+        "scores": [1.5, None],
+        "sizes": [0, 1, 2],
+        "reel": str(Path("a") / "b.mkv"),
+        "fps": "24000/1001",
+    }
+    write_json(out, [1])
+    assert json.loads(out.read_text()) == [1] and [p.name for p in out.parent.iterdir()] == ["r.json"]
+
+
+def test_markdown_table_leaves_empty_cells_blank() -> None:
+    table = markdown_table(["method", "PSNR", "s"], [["copy", "20.00", 1], ["(truth)", "", ""]])
+    assert table == "| method | PSNR | s |\n|---|---|---|\n| copy | 20.00 | 1 |\n| (truth) | | |"
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +171,8 @@ def test_tuning_settings_parse_json_values_and_name_bad_fields() -> None:
 def test_tuning_bench_scores_a_colour_reel(tmp_path: Path) -> None:
     import av
 
-    from bench.bench_propagation import compose
     from bench.bench_tuning import load_tuning_shots, main
+    from bench.toolkit import compose
     from pipeline.metrics import psnr
 
     reel = tmp_path / "colour.mkv"
@@ -200,7 +228,7 @@ def test_film_bench_runs_a_grey_film_with_a_photo_and_writes_a_contact_sheet(tmp
     import cv2
 
     from bench.bench_film import MOMENTS, SHEET_HEIGHT, main
-    from bench.bench_shots import write_grey_reel
+    from pipeline.media.synth import write_grey_reel
 
     film = tmp_path / "film"
     (film / "tiny-refs").mkdir(parents=True)

@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.bench_shots import write_grey_reel
 from cli.main import main
 from pipeline.color import rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.errors import PostprodError
@@ -37,6 +36,7 @@ from pipeline.keyframes import (
     write_plan,
 )
 from pipeline.media.probe import ReelInfo, probe
+from pipeline.media.synth import write_grey_reel
 from pipeline.refs import RefsProblems, read_refs
 from pipeline.shots import Shot, ShotList
 

@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SHARED_DATA
 
-from bench.bench_shots import DATA, write_grey_reel
 from cli.main import cli
 from pipeline.errors import PostprodError
+from pipeline.media.synth import write_grey_reel
 from pipeline.shots import (
     CutDetector,
     Shot,
@@ -222,7 +223,7 @@ def test_coarse_to_fine_keeps_a_flash_on_a_sample_frame_out(flash: str) -> None:
 
 # --- a real (grey DAVIS) reel through the decoder -------------------------------------------
 
-DAVIS = DATA / "davis"
+DAVIS = SHARED_DATA / "davis"
 DAVIS_SEQUENCES = ("blackswan", "car-shadow", "dog")
 FRAMES_PER_SEQUENCE = 15
 

@@ -119,7 +119,7 @@ def hed_edges(rgb: torch.Tensor, vgg: Kernels, heads: Kernels, *, flip: bool) ->
     mean = torch.tensor(HED_MEAN_BGR).view(1, 3, 1, 1)
     x = rgb.flip(1) * 255.0 - mean
     h, w = rgb.shape[-2:]
-    sides = []
+    sides: list[torch.Tensor] = []
     for name, _, _ in VGG16_CONVS:
         if name != "conv1_1" and name.endswith("_1"):
             x = F.max_pool2d(x, 2, 2, ceil_mode=True)
@@ -135,7 +135,7 @@ def hed_edges(rgb: torch.Tensor, vgg: Kernels, heads: Kernels, *, flip: bool) ->
 
 def sobel_magnitude(grey: np.ndarray) -> np.ndarray:
     """Gradient magnitude (H, W) float64 of a grey image (H, W)."""
-    from scipy import ndimage
+    from scipy import ndimage  # type: ignore[import-untyped]  # scipy ships no type stubs
 
     return np.hypot(ndimage.sobel(grey, axis=0), ndimage.sobel(grey, axis=1))
 
@@ -163,8 +163,8 @@ def load_rgb(path: Path | None, size: int) -> torch.Tensor:
         return torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
         scale = size / max(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
         return torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1)[None]

@@ -117,9 +117,9 @@ def _plan(pix_fmt: str) -> _Plan:
 def _plane(frame: VideoFrame, i: int, depth: int) -> np.ndarray:
     """Plane ``i`` as a fresh (h, w) array; line_size may include padding past the width."""
     plane = frame.planes[i]
-    dtype = np.uint8 if depth <= 8 else np.dtype("<u2")
-    per_line = plane.line_size // np.dtype(dtype).itemsize
-    arr = np.frombuffer(plane, dtype=dtype, count=per_line * plane.height)
+    dtype = np.dtype(np.uint8) if depth <= 8 else np.dtype("<u2")
+    per_line = plane.line_size // dtype.itemsize
+    arr = np.frombuffer(memoryview(plane), dtype=dtype, count=per_line * plane.height)
     return arr.reshape(plane.height, per_line)[:, : plane.width].copy()
 
 
@@ -388,6 +388,7 @@ def _decode(
     def fill(upto: int, source: Frame) -> Iterator[Frame]:
         """Stand-ins for the wanted frames expected .. upto-1, which never came out of the decoder."""
         nonlocal expected
+        assert expected is not None  # None only once every wanted frame is out (then done)
         parts = wanted.parts(expected, upto)
         if parts:
             why = "; ".join(dict.fromkeys(errors)) or "no picture for this packet"
@@ -407,6 +408,7 @@ def _decode(
     def emit(decoded: Iterable[VideoFrame]) -> Iterator[Frame]:
         nonlocal previous, expected, done
         for vf in decoded:
+            assert expected is not None  # None only once every wanted frame is out (then done)
             i = index.display_index(vf.pts)
             if i is None:
                 if vf.pts is not None and vf.pts < int(index.pts[0]):
@@ -435,11 +437,12 @@ def _decode(
 
     gop = -1  # position (decode order) of the last keyframe read
     for packet in packets:
+        assert expected is not None  # None only once every wanted frame is out (then done)
         ctx = packet.stream.codec_context
         i = None
         if packet.size:
             ts = packet.pts if packet.pts is not None else packet.dts
-            if packet.is_keyframe:
+            if packet.is_keyframe and ts is not None:  # key_order's keys are ints
                 gop = key_order.get(ts, gop)
             i = index.display_index(ts)
             needed = i is None or (i >= expected and i in wanted)

@@ -37,6 +37,7 @@ import av
 import numpy as np
 from av.container import InputContainer, OutputContainer
 from av.packet import Packet
+from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
 from pipeline.color import change_depth, chroma_to_codes, rgb_from_luma_chroma
@@ -169,7 +170,7 @@ class ReelWriter:
         self._stack = ExitStack()
         self._out: OutputContainer | None = None
         self._video: VideoStream | None = None
-        self._images: av.CodecContext | None = None
+        self._images: VideoCodecContext | None = None
         self._tmp: Path | None = None
         self._audio_in: InputContainer | None = None
         self._audio_packets: Iterator[Packet] | None = None
@@ -228,6 +229,7 @@ class ReelWriter:
                 f"the reel is {src.width}x{src.height}; use --codec ffv1",
             )
         stream = out.add_stream(self.spec.encoder, rate=self.fps, options=dict(self.spec.options))
+        assert isinstance(stream, VideoStream), f"{self.spec.encoder} is not a video encoder"
         stream.width, stream.height = src.width, src.height
         stream.pix_fmt = self.spec.pix_fmt(src.bit_depth)
         stream.time_base = 1 / self.fps
@@ -246,8 +248,9 @@ class ReelWriter:
             stream.metadata["timecode"] = src.timecode
         return stream
 
-    def _image_encoder(self) -> av.CodecContext:
+    def _image_encoder(self) -> VideoCodecContext:
         ctx = av.CodecContext.create(self.spec.encoder, "w")
+        assert isinstance(ctx, VideoCodecContext), f"{self.spec.encoder} is not a video encoder"
         ctx.width, ctx.height = self.source.width, self.source.height
         ctx.pix_fmt = self.spec.pix_fmt(self.source.bit_depth)
         ctx.time_base = 1 / self.fps
@@ -287,6 +290,7 @@ class ReelWriter:
             self._audio_map[s.index] = o
             # Keep sync with the video, which is written starting at 0: shift audio by the
             # source's first video frame time (in this stream's ticks).
+            assert s.time_base is not None  # demuxed streams always have one
             self._audio_shift[s.index] = round(src.start_time / Fraction(s.time_base))
         self._audio_packets = (p for p in self._audio_in.demux(streams) if p.size)
 
@@ -301,6 +305,7 @@ class ReelWriter:
         if self.spec.is_sequence:
             self._write_image(i, luma, chroma)
         else:
+            assert self._out is not None and self._video is not None  # set by _open for a reel
             frame = self._video_frame(luma, chroma)
             frame.pts = i
             frame.time_base = 1 / self.fps
@@ -312,7 +317,7 @@ class ReelWriter:
         src = self.source
         fmt = av.VideoFormat(self.spec.pix_fmt(src.bit_depth))
         depth = fmt.components[0].bits
-        dtype = np.uint8 if depth == 8 else np.dtype("<u2")
+        dtype = np.dtype(np.uint8) if depth == 8 else np.dtype("<u2")
         frame = av.VideoFrame(src.width, src.height, fmt.name)
         rng = src.luma_range
         _writable_plane(frame, 0, dtype)[...] = change_depth(luma, src.bit_depth, depth)
@@ -324,6 +329,7 @@ class ReelWriter:
         for k in (1, 2):
             _writable_plane(frame, k, dtype)[...] = codes[k - 1]
         # Some encoders (prores_ks) take the colour tags from each frame, not the context.
+        assert self._video is not None  # set by _open for a reel
         ctx = self._video.codec_context
         frame.color_range, frame.colorspace = ctx.color_range, ctx.colorspace
         frame.color_primaries, frame.color_trc = ctx.color_primaries, ctx.color_trc
@@ -335,6 +341,7 @@ class ReelWriter:
         codes = np.rint(rgb * 65535.0).astype(np.uint16)
         frame = av.VideoFrame.from_ndarray(codes, format=self.spec.pix_fmt(src.bit_depth))
         frame.pts = i
+        assert self._images is not None and self._tmp is not None  # set by _open for a sequence
         data = b"".join(bytes(p) for p in self._images.encode(frame))
         (self._tmp / f"{self.dest.name}.{i:06d}.{self.spec.image_ext}").write_bytes(data)
 
@@ -358,6 +365,7 @@ class ReelWriter:
             if packet.dts is not None:
                 packet.dts -= shift
             packet.stream = self._audio_map[packet.stream.index]
+            assert self._out is not None  # audio packets are only read when there is an output
             self._out.mux(packet)
 
     # --- finishing ----------------------------------------------------------------------
@@ -379,6 +387,7 @@ class ReelWriter:
         if self.frames_written == 0:
             raise PostprodError(self.dest, "no frames were written")
         if self._video is not None:
+            assert self._out is not None  # the video stream belongs to it
             self._out.mux(self._video.encode(None))  # flush: no frame lost at the end
         self._mux_audio_until(None)
         if self.spec.is_sequence:
@@ -402,6 +411,7 @@ class ReelWriter:
             "rgb": "16-bit R'G'B' (full range), from YCbCr " + src.matrix,
             "audio": f"{self.dest.name}.mka" if self._out is not None else None,
         }
+        assert self._tmp is not None  # set by _open
         (self._tmp / f"{self.dest.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

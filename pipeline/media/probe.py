@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -21,6 +21,9 @@ from av.container import InputContainer
 from av.video.stream import VideoStream
 
 from pipeline.errors import PostprodError
+
+if TYPE_CHECKING:
+    from pipeline.color import Matrix, Range
 
 # H.273 code points (what FFmpeg stores in AVColorSpace & co.), named as ffprobe names them.
 _MATRIX_NAMES = {
@@ -186,14 +189,14 @@ class ReelInfo:
     notes: tuple[str, ...] = field(default=())
 
     @property
-    def matrix(self) -> str:
+    def matrix(self) -> Matrix:
         """The YCbCr matrix to use, "bt601" or "bt709": the tagged one, else by picture size."""
         from pipeline.color import choose_matrix
 
         return choose_matrix(self.color_matrix, self.width, self.height)
 
     @property
-    def luma_range(self) -> str:
+    def luma_range(self) -> Range:
         """Range of the luma code values that :func:`~pipeline.media.decode.iter_frames` yields.
 
         "pc" (full) for full-range YUV, RGB and grey sources (RGB is converted to full-range

@@ -475,6 +475,6 @@ def shots_from_transitions(transitions: Iterable[Transition], frames: int) -> tu
     """Consecutive shots covering frames [0, frames) split at the transitions' boundaries."""
     cuts = sorted((t for t in transitions if 0 < t.frame < frames), key=lambda t: t.frame)
     starts = [0] + [t.frame for t in cuts]
-    begins: list[Literal["start", "cut", "fade", "dissolve"]] = ["start"] + [t.kind for t in cuts]
+    begins: list[Literal["start", "cut", "fade", "dissolve"]] = ["start", *(t.kind for t in cuts)]
     ends = [*starts[1:], frames]
     return tuple(Shot(i, s, e, b) for i, (s, e, b) in enumerate(zip(starts, ends, begins, strict=True)))
