@@ -1,4 +1,4 @@
-"""Real black-and-white film through ``postprod run`` (issue 5, item 6), see bench/README.md ("Real film").
+"""Real black-and-white film through ``postprod run``, see bench/README.md ("Real film").
 
     python -m bench.bench_film [--film DIR] [--names v32 v07 v39] [--all-refs] [--work DIR]
         [--out bench/results/film.json]

@@ -1,4 +1,4 @@
-"""The trained network (issue 4): no-reference check and CPU/GPU inference time.
+"""The trained exemplar network (``model.net``): no-reference check and CPU/GPU inference time.
 
     python -m bench.bench_net [--methods net super-attention reinhard] [--max-pairs-per-seq 1]
         [--size 320] [--timing-runs 3] [--out bench/results/net.json]

@@ -1,4 +1,4 @@
-"""End-to-end benchmark of ``postprod run`` on DAVIS (issue 5), see bench/README.md ("Reels end to end").
+"""End-to-end benchmark of ``postprod run`` on DAVIS, see bench/README.md ("Reels end to end").
 
     python -m bench.bench_run [--sequences blackswan camel ...] [--max-frames N] [--variant first|first+last]
         [--engine local|prefect] [--memory-check] [--work DIR] [--out bench/results/run.json]
@@ -76,7 +76,7 @@ def build_reel(
     for shot in shots:
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:
-            # PNG, as the issue's protocol says: the decoded true frame, pixel for pixel what is scored
+            # PNG: the decoded true frame, pixel for pixel what is scored
             write_rgb(refs / f"frame-{shot.start + k}.png", read_rgb(shot.frames[k]))
     return reel, refs, shots
 

@@ -42,7 +42,7 @@ from pipeline.errors import PostprodError
 from pipeline.metrics import colourfulness, delta_his, masked_ab_error, psnr, ssim
 
 DEFAULT_OUT = Path("bench") / "results" / "harness.json"
-MASK_TARGET = 0.30  # issue target: masks cut the in-mask ab error by at least 30 %
+MASK_TARGET = 0.30  # target: masks cut the in-mask ab error by at least 30 %
 
 
 def score_a(pred: np.ndarray, pair: Pair, lpips_model: torch.nn.Module) -> dict[str, float]:
@@ -131,7 +131,7 @@ def run(
 
 
 def markdown_tables(result: dict) -> str:
-    """Markdown tables of the means for A and B, plus the issue's targets checked."""
+    """Markdown tables of the means for A and B, plus the targets checked."""
     lines: list[str] = []
     n = len(result["pairs"])
     if "A" in result:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch and the baselines (scipy) are imported where used: be
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"  # footage and photos beside the repository
 DEFAULT_DAVIS = SHARED_DATA / "davis"  # <seq>/frames/00000.jpg, <seq>/masks/00000.png
-TARGET_PSNR = 33.0  # dB, issue 5: non-keyframes of whole DAVIS sequences from their first frame
+TARGET_PSNR = 33.0  # dB target: non-keyframes of whole DAVIS sequences from their first frame (bench_run)
 
 
 # --- results ----------------------------------------------------------------------------------

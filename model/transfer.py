@@ -24,7 +24,8 @@ Steps 1-3 of a reference do not depend on the target: :func:`encode_reference` d
 (:class:`EncodedReference`) for a reference that colours many targets, e.g. a keyframe and the
 frames of its shot.
 
-Deviations from the thesis (ch. 4 transfers between two colour images):
+Deviations from the thesis (ch. 4 transfers between two colour images); their measured effects
+are in bench/README.md ("Still-image harness"):
 
 * The target is grey: its features come from its L replicated to 3 channels, and so do the
   reference's matching features (as the paper does for f_R); the fusion's colour term uses L only.
@@ -33,16 +34,13 @@ Deviations from the thesis (ch. 4 transfers between two colour images):
   to the working resolution before pooling, so all levels share one superpixel grid as eq. 4.4
   requires. The thesis (Fig. 4.11) found pooled-then-upsampled features somewhat less precise;
   running VGG without pooling costs ~8x more on CPU.
-* Pooling defaults to the paper's channel-wise max, not thesis ch. 4's mean: on 8 DAVIS pairs
-  (frame 0 as reference, grey frame 20 as target) max gave 30.1 dB RGB PSNR against 29.8 dB, and
-  a mean identity error (5 Kodak photos) of 3.3 against 4.0 ab units; ``reduce="mean"`` gives the
-  thesis' variant.
+* Pooling defaults to the paper's channel-wise max, not thesis ch. 4's mean (``reduce="mean"``
+  gives the thesis' variant).
 * Eq. 4.7 sums over every target superpixel; we sum over those whose centroid lies within
   ``fusion_radius`` (1.5) superpixel spacings of the pixel's own superpixel (and in its mask
   region): the fusion stays linear in the pixel count. With delta_s = 10 the spatial term is weak
   and the grey-only colour term (delta_c = 0.1) is very selective, so with a wide radius pixels
-  pick up the colour of any nearby superpixel of equal lightness: radius 3 measured 29.9 dB on
-  the DAVIS pairs above and a 0.6 units larger identity error than 1.5.
+  pick up the colour of any nearby superpixel of equal lightness.
 * Variances get floors (spatial: +1/12 px^2, a pixel's own extent; L: +1 L unit^2) so uniform
   superpixels do not give infinite weights.
 * Regrain starts from the graded image and runs the coarsest pyramid level longest (see
@@ -50,24 +48,26 @@ Deviations from the thesis (ch. 4 transfers between two colour images):
 * Lightness prior in matching (ours): the attention logits get ``-(L_t - L_r)^2 / (2 * 5^2)``,
   ``L_t`` a target superpixel's mean L and ``L_r`` a reference superpixel's, remapped to the
   target's L mean and spread (luminance remapping, Hertzmann et al. 2001): features of grey
-  images alone confuse dark and light things of similar texture. Harness (24 DAVIS pairs):
-  protocol A 30.62 -> 31.07 dB; protocol B with masks 7.15 -> 6.31 in-mask ab error.
+  images alone confuse dark and light things of similar texture.
 * Masked matching (ours, on top of thesis §6.3's restriction to the paired reference mask):
   rows restricted to a mask pair use the temperature ``2 tau`` (inside a mask, where the wrong
   object is already excluded, a softer choice averages over the object's parts), and a
   Gaussian prior (sigma = 1 in units of the masks' standard deviations) favours reference
   superpixels at the same relative position in the paired object (top of the object to top).
-  Harness protocol B with masks: 6.44 with tau, 6.54 without the position prior, 6.31 with both.
 * Steps 6-7 run per mask region (:func:`per_region`): each region's regrain and guided filter
   see only that region's colours (extended smoothly outside it), so no colour crosses a mask
-  border (without it, border errors up to 41 ab units over 8+ px were measured).
+  border.
 * Steps 1 and 7 (working resolution, guided upsampling) are ours, for any input size.
 * Image-position prior (ours, optional, off by default): ``position_sigma`` adds
   ``-|p_t - p_r|^2 / (2 sigma^2)`` to the logits, p a superpixel's centroid divided by its image's
   height and width. For frames of one shot, where a thing seldom moves across the whole picture
-  (sky stays at the top); wrong for an unrelated photo, hence off by default. Frame 0 of each DAVIS
-  sequence onto frames 20, 32, ... of the same sequence (128 px, no regrain, mean ab squared error):
-  105.8 without, 97.6 / 97.3 / 102.2 with sigma 0.15 / 0.3 / 0.6.
+  (sky stays at the top); wrong for an unrelated photo, hence off by default.
+
+References: H. Carrillo, M. Clément, A. Bugeau, "Super-attention for exemplar-based image
+colorization", ACCV 2022 (§3.2: SFE, SFM); H. Carrillo, "Guiding neural networks for image
+colorization through user interactions", PhD thesis, Univ. Bordeaux, 2024 (ch. 4: the transfer,
+§6.3: masks); F. Pitié, A. Kokaram, R. Dahyot, "Automated colour grading using colour
+distribution transfer", CVIU 2007 (regrain); K. He, J. Sun, "Fast guided filter", 2015.
 """
 
 from __future__ import annotations
@@ -472,9 +472,8 @@ def _regrain_level(
         )
     # regrain.m starts the coarsest level from the original and gives it 128 iterations on images
     # of ~1000 px, but only 4 on small ones. Where the original is flat (psi ~ 0) Jacobi hardly
-    # moves from its start, so starting from the original loses the colours (measured: mean
-    # |ab| error 12 on a 96 x 128 test image): we start from the graded image (same fixed point)
-    # and always give the coarsest level the most iterations.
+    # moves from its start, so starting from the original loses the colours: we start from the
+    # graded image (same fixed point) and always give the coarsest level the most iterations.
     return _regrain_solve(result, original, graded, coarsest)
 
 

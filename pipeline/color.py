@@ -196,10 +196,8 @@ def guided_upsample(src: np.ndarray, guide: np.ndarray, *, radius: int = 1, eps:
     upsampled bilinearly and applied to the full-resolution guide, so edges come from the guide
     (the source's luma) and colours from ``src``.
 
-    Radius 1 (a 3x3 window at working resolution): a wider window smooths real chroma detail. On
-    DAVIS at 854x480 from a 256 px working size, the true chroma comes back at 41.8 dB on
-    breakdance with radius 1 against 38.1 with radius 2, and propagated chroma (6 sequences, 40
-    frames) scores 29.85 against 29.71 dB.
+    The default radius 1 (a 3x3 window at the working resolution) keeps the chroma's own detail;
+    a wider window smooths it away.
 
     src: (C, h, w) float32 (e.g. Cb, Cr at working resolution). guide: (H, W) float32 in [0, 1].
     Returns (C, H, W) float32. Cost is linear in H*W (a few cv2 passes), so 4K frames are cheap.
