@@ -142,14 +142,15 @@ def train_command(
     threads: int,
 ) -> None:
     """Train the exemplar colorization network (model/train.py); export OUT/colornet.pt."""
+    from pipeline.files import check_destination
+
+    check_destination(out, inputs=(*data, *frames, *val_data), kind="folder")  # before torch loads
+
     import torch
 
     from model.train import TrainConfig, TrainingImages, train
     from pipeline.colorize import resolve_device
-    from pipeline.files import check_destination
     from pipeline.images import list_images, list_sequences, read_rgb
-
-    check_destination(out, inputs=(*data, *frames, *val_data), kind="folder")
 
     images = TrainingImages(
         photos=tuple(p for d in data for p in list_images(d)),

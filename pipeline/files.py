@@ -13,7 +13,8 @@ and renames on success). The rule:
   folder, which is then empty.
 - **Never replaced or deleted**, with or without ``force``: an input of the command (the reel,
   the refs folder, reference images, masks, the work folder), a folder that holds one, a path
-  inside an input folder; a folder holding any file postprod did not write; a symbolic link;
+  inside an input folder; a folder holding any file postprod did not write; a symbolic link
+  (a ``kind="folder"`` destination, written into and kept, may be a link to a folder);
   ``.``, ``..``, the current folder or one above it, ``/``, the home folder; an empty name.
   Paths are compared after resolving symbolic links and ``..`` (``victim/../victim``, a link
   to the source's folder are the same folder).
@@ -149,7 +150,7 @@ def _refuse_special(dest: Path, real: Path) -> None:
     cwd = _real(Path.cwd())
     if real == cwd:
         raise PostprodError(dest, "is the current folder, not an output name; give a new file or folder name")
-    if dest.name == ".." or _inside(cwd, real):
+    if _inside(cwd, real):
         raise PostprodError(dest, f"is {real}, a folder holding the current one, not an output name")
 
 
@@ -162,7 +163,10 @@ def _refuse_inputs(dest: Path, real: Path, inputs: Iterable[Path | None], kind: 
         if real == inp_real:
             if kind == "folder":
                 raise PostprodError(dest, f"is {inp}, an input of this command; choose another folder")
-            raise PostprodError(dest, f"output would overwrite {inp}, an input of this command; choose another path")
+            alias = "" if Path(inp) == dest else f" ({inp})"
+            raise PostprodError(
+                dest, f"is an input of this command{alias}: the output would overwrite it; choose another path"
+            )
         if _inside(inp_real, real):
             raise PostprodError(
                 dest, f"is a folder holding {inp}, an input of this command; postprod never replaces it"
@@ -196,8 +200,6 @@ def _check_replaceable(dest: Path, kind: OutputKind) -> None:
                 "is not an image sequence postprod wrote" if members is None else "holds files postprod did not write"
             )
             raise PostprodError(dest, f"{what} ({shown}); --force replaces only postprod's own sequence folders")
-    elif not dest.is_dir():  # "folder": kept and written into
-        raise PostprodError(dest, "is a file, not a folder")
 
 
 def check_destination(
@@ -211,10 +213,14 @@ def check_destination(
     real = _real(dest)
     _refuse_special(dest, real)
     _refuse_inputs(dest, real, inputs, kind)
-    if os.path.lexists(dest) and not (kind == "folder" and dest.is_dir() and not dest.is_symlink()):
-        if not force:
+    if os.path.lexists(dest):
+        if kind == "folder":  # kept and written into (a link to a folder is fine): it only has to be one
+            if not dest.is_dir():
+                raise PostprodError(dest, "is a file, not a folder")
+        elif not force:
             raise PostprodError(dest, "output already exists (use --force to replace it)")
-        _check_replaceable(dest, kind)
+        else:
+            _check_replaceable(dest, kind)
     parent = dest.parent
     if kind == "folder":  # created with its parents: the nearest existing one must be a folder
         while not os.path.lexists(parent) and parent != parent.parent:
@@ -262,7 +268,10 @@ def _replace(tmp: Path, dest: Path, kind: OutputKind) -> None:
         try:
             dest.rmdir()
         except OSError as err:
-            raise PostprodError(dest, f"changed while it was being replaced ({err.strerror}); not replaced") from err
+            raise PostprodError(
+                dest,
+                f"a file appeared in it while it was being replaced ({err.strerror}); the new one was not moved in",
+            ) from err
     os.replace(tmp, dest)
 
 

@@ -331,14 +331,21 @@ def _frame_ranges(
     *,
     lookback: bool,
 ) -> Iterator[Frame]:
-    """:func:`iter_frame_ranges` on checked, clipped ranges; ``lookback``: a damaged first frame
-    is stood in for by the previous frame that decodes (:func:`_picture_before`), else by the next."""
-    first = clipped[0].start
+    """:func:`iter_frame_ranges` on checked, clipped ranges. ``lookback``: damaged frames that no
+    frame of the ranges precedes are stood in for by the previous frame that decodes
+    (:func:`_picture_before`), else by the next that decodes (in the ranges, else after them:
+    :func:`_picture_after`); without it, only frames of the ranges stand in."""
+    first, last = clipped[0].start, clipped[-1][-1]
 
     def before() -> Frame | None:
-        if not lookback or first == 0:
+        if not lookback:
             return None
         return _picture_before(path, index, first, max_height=max_height, chroma=chroma, analysis=analysis)
+
+    def after() -> Frame | None:
+        if not lookback:
+            return None
+        return _picture_after(path, index, last + 1, max_height=max_height, chroma=chroma, analysis=analysis)
 
     with open_input(path) as container:
         stream = video_stream(container, path)
@@ -354,6 +361,7 @@ def _frame_ranges(
             chroma=chroma,
             report=report,
             before=before,
+            after=after,
         )
 
 
@@ -367,29 +375,43 @@ def _picture_before(
 ) -> Frame | None:
     """The last frame before display index ``first`` that decodes, looking back :data:`_LOOKBACK`
     frames at a time; None when none does."""
-    stand_ins: set[int] = set()
-
-    def note(frames: range, message: str) -> None:
-        if message.startswith(_NOT_DECODED):
-            stand_ins.update(frames)
-
     stop = first
     while stop > 0:
         start = max(0, stop - _LOOKBACK)
-        stand_ins.clear()
-        last = None
-        try:
-            for f in _frame_ranges(
-                path, [range(start, stop)], index, max_height, chroma, note, analysis, lookback=False
-            ):
-                if f.index not in stand_ins:
-                    last = f
-        except PostprodError:
-            pass  # nothing in this stretch decodes: further back
-        if last is not None:
-            return last
+        found = _decodable(path, index, range(start, stop), max_height=max_height, chroma=chroma, analysis=analysis)
+        if found:
+            return found[-1]
         stop = start
     return None
+
+
+def _picture_after(
+    path: Path, index: PacketIndex, after: int, *, max_height: int | None, chroma: bool, analysis: bool
+) -> Frame | None:
+    """The first frame from display index ``after`` on that decodes; None when none does."""
+    for start in range(after, index.frames, _LOOKBACK):
+        stop = min(index.frames, start + _LOOKBACK)
+        found = _decodable(path, index, range(start, stop), max_height=max_height, chroma=chroma, analysis=analysis)
+        if found:
+            return found[0]
+    return None
+
+
+def _decodable(
+    path: Path, index: PacketIndex, frames: range, *, max_height: int | None, chroma: bool, analysis: bool
+) -> list[Frame]:
+    """The frames of ``frames`` that decode (stand-ins left out), in order."""
+    stand_ins: set[int] = set()
+
+    def note(replaced: range, message: str) -> None:
+        if message.startswith(_NOT_DECODED):
+            stand_ins.update(replaced)
+
+    try:
+        got = list(_frame_ranges(path, [frames], index, max_height, chroma, note, analysis, lookback=False))
+    except PostprodError:
+        return []  # nothing in this stretch decodes
+    return [f for f in got if f.index not in stand_ins]
 
 
 class _Wanted:
@@ -435,10 +457,12 @@ def _decode(
     chroma: bool,
     report: CorruptCallback,
     before: Callable[[], Frame | None],
+    after: Callable[[], Frame | None],
 ) -> Iterator[Frame]:
     """The ``wanted`` frames from ``packets`` (:func:`_packets_from`), with stand-ins for those that
-    never come out: the previous frame yielded, else ``before()`` (the frame before the first
-    wanted one, asked for once), else the next frame that decodes."""
+    never come out: the previous frame yielded, else ``before()`` (asked for once: the frame
+    before the ranges that decodes), else the next frame of the ranges that decodes, else
+    ``after()`` (the first after the ranges that decodes) when none of them does."""
     tb, n = index.time_base, index.frames
     key_order = {int(t): k for k, t in enumerate(index.key_pts)}  # keyframe pts -> position in decode order
     # the keyframe frame w depends on is the last one (decode order) with pts <= pts[w]; a suffix
@@ -549,7 +573,7 @@ def _decode(
         return
     if previous is None and not earlier:
         earlier.append(before())
-    source = previous or earlier[0]
+    source = previous or earlier[0] or after()
     if source is None:
         raise PostprodError(
             path,
