@@ -72,9 +72,11 @@ def check_run_inputs(
     output the codec, the reel's frame size or audio, or the replace rule refuse
     (:func:`pipeline.media.encode.check_output`), a work folder that is not one, holds an input
     or is in use by another run, and the refs folder's own problems (names, refs.toml, files
-    outside the folder, images: every one at once; frames and shots against the reel come with
-    the plan). Takes about a second whatever the reel's length. Returns the work folder
-    (:func:`pipeline.workdir.default_workdir` when ``workdir`` is None).
+    outside the folder, images). Takes about a second whatever the reel's length when all is
+    well; when the refs folder has a problem, the reel is probed and cut into shots too, so that
+    every problem is listed at once (frames, shots and timecodes against the reel included), as
+    ``postprod plan`` lists them. Returns the work folder (:func:`pipeline.workdir.default_workdir`
+    when ``workdir`` is None).
     """
     header = probe_header(Path(reel))  # first: the default work folder's name reads the reel
     _check_refs_folder(refs, settings)
@@ -95,8 +97,10 @@ def check_run_inputs(
         raise PostprodError(
             workdir, f"work folder in use by another run ({owner}); wait for it to end or use another --workdir"
         )
-    if refs is not None:
-        read_refs(Path(refs), header, None).raise_problems()
+    if refs is not None and read_refs(Path(refs), header, None).problems:
+        # every problem at once, as postprod plan lists them: the checks against the shots too
+        info = probe(Path(reel))
+        read_refs(Path(refs), info, detect_shots(Path(reel))).raise_problems()
     return workdir
 
 

@@ -548,13 +548,14 @@ def test_run_checks_reel_refs_and_output_before_anything_starts(
     bad_refs.mkdir()
     (bad_refs / "shot-0.png").write_bytes(b"not an image")
     (bad_refs / "shot-1.png").symlink_to(refs / "shot-1.png")  # outside this refs folder
+    (bad_refs / "frame-9999.png").write_bytes((refs / "shot-0.png").read_bytes())  # past the reel's end
     args, fragment = {
         "missing reel": (["--reel", str(tmp_path / "missing.mov"), "--refs", str(refs)], "missing.mov: file not found"),
         "missing reel, workdir": (
             ["--reel", str(tmp_path / "missing.mov"), "--refs", str(refs), "--workdir", str(tmp_path / "w")],
             "missing.mov: file not found",
         ),
-        "bad refs": (["--reel", str(reel), "--refs", str(bad_refs)], "2 problems"),
+        "bad refs": (["--reel", str(reel), "--refs", str(bad_refs)], "3 problems"),  # every one at once
         "bad output": (["--reel", str(reel), "--refs", str(refs), "--codec", "ffv1", "--out", "x.mov"], ".mkv"),
     }[case]
     r = subprocess.run(
