@@ -65,7 +65,6 @@ def colorize_image(
     force: bool,
 ) -> None:
     """Colorize one grey image from colour references, optionally object by object with masks."""
-    from pipeline.colorize import Exemplar, colorize_still, compose_rgb
     from pipeline.images import check_image_output, read_colour, read_grey, read_mask, write_rgb
 
     inputs = (target, *refs, *target_masks, *ref_masks)
@@ -85,6 +84,8 @@ def colorize_image(
     pairs: list[list[tuple]] = [[] for _ in refs]
     for tm, rm, k in zip(target_masks, ref_masks, owners, strict=True):
         pairs[k].append((read_mask(tm, grey.size, of=target), read_mask(rm, colours[k].size, of=refs[k])))
+    from pipeline.colorize import Exemplar, colorize_still, compose_rgb  # torch: after every input is checked
+
     exemplars = [Exemplar(rgb=c.pixels, masks=tuple(p)) for c, p in zip(colours, pairs, strict=True)]
     ab = colorize_still(grey.pixels, exemplars, method=method, device=device)
     write_rgb(out, compose_rgb(grey.pixels, ab), bit_depth=grey.bit_depth, force=force, inputs=inputs)
