@@ -7,6 +7,7 @@ from typing import get_args
 
 import click
 
+from cli.options import output_path
 from pipeline.errors import PostprodError
 from pipeline.keyframes import MissingRefs
 from pipeline.media.encode import CODECS, CodecName
@@ -22,7 +23,7 @@ from pipeline.settings import DEFAULT_METHOD, DEVICES, METHODS, Device, Method
     type=click.Path(path_type=Path),
     help="The refs folder (frame-N / shot-K images, object masks, refs.toml; see docs/refs.md).",
 )
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the plan as JSON.")
+@click.option("--json", "json_out", type=click.Path(), callback=output_path, help="Also write the plan as JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 @click.option(
     "--missing-refs",
@@ -35,14 +36,14 @@ from pipeline.settings import DEFAULT_METHOD, DEVICES, METHODS, Device, Method
 def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing_refs: MissingRefs) -> None:
     """Print which frames of each shot will be colorized from which reference, and every
     problem of the refs folder, without colorizing anything."""
-    from pipeline.files import check_writable_destination
+    from pipeline.files import check_destination
     from pipeline.keyframes import plan_keyframes, write_plan
     from pipeline.media.probe import probe as probe_reel
     from pipeline.refs import read_refs
     from pipeline.shots import detect_shots
 
     if json_out:  # fail before shot detection, not after
-        check_writable_destination(json_out, force=force, sources=(reel,))
+        check_destination(json_out, force=force, inputs=(reel, refs_dir))
     if not refs_dir.is_dir():
         raise PostprodError(refs_dir, "no such folder" if not refs_dir.exists() else "is not a folder")
     info = probe_reel(reel)
@@ -50,7 +51,7 @@ def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing
     result = plan_keyframes(info, shot_list, read_refs(refs_dir, info, shot_list), missing=missing_refs)
     click.echo(result.describe())
     if json_out:
-        write_plan(result, json_out, force=force)
+        write_plan(result, json_out, force=force, inputs=(refs_dir,))
         click.echo(f"{json_out}: plan written")
 
 
@@ -59,13 +60,15 @@ def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing
 @click.option("--refs", type=click.Path(path_type=Path), help="The artist's refs folder (see docs/refs.md).")
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
+    callback=output_path,
     help="Output file (folder for image sequences); default ./<reel>.colorized.<ext>.",
 )
 @click.option("--codec", type=click.Choice(list(CODECS)), default="prores", show_default=True)
 @click.option(
     "--workdir",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
+    callback=output_path,
     help="Intermediate results (per-shot segments); default ./postprod-work/<reel>-<hash>.",
 )
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
@@ -98,7 +101,7 @@ def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing
     show_default=True,
     help="prefect: as a Prefect flow (embedded server unless PREFECT_API_URL is set); local: plain Python.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--force", is_flag=True, help="Replace an existing output (a file, or an image sequence postprod wrote).")
 def run(
     reel: Path,
     refs: Path | None,
@@ -113,12 +116,12 @@ def run(
     force: bool,
 ) -> None:
     """Colorize REEL end to end: shots, keyframes from the refs, propagation, encode."""
-    from pipeline.files import check_writable_destination
-    from pipeline.run import RunSettings, run_reel
+    from pipeline.run import RunSettings, check_run_inputs, run_reel
 
     out = out or Path(f"{reel.stem}.colorized{CODECS[codec].suffixes[0]}")
-    check_writable_destination(out, force=force, sources=(reel,))
     settings = RunSettings(codec=codec, device=device, missing=missing, work_size=work_size, method=method)
+    # every check that needs no decoding, in about a second, before any engine (Prefect's server) starts
+    workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     if engine == "local":
         result = run_reel(reel, refs, out, workdir=workdir, settings=settings, force=force)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import output_path
 from pipeline.errors import PostprodError
 from pipeline.media.encode import CODECS, CodecName
 
@@ -35,9 +36,14 @@ def probe(reel: Path, as_json: bool) -> None:
     "tiff/png (16-bit RGB image-sequence folder).",
 )
 @click.option(
-    "--out", "dest", required=True, type=click.Path(path_type=Path), help="Output file (or folder for tiff/png)."
+    "--out",
+    "dest",
+    required=True,
+    type=click.Path(),
+    callback=output_path,
+    help="Output file (or folder for tiff/png).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--force", is_flag=True, help="Replace an existing output (a file, or an image sequence postprod wrote).")
 def transcode(reel: Path, codec: CodecName, dest: Path, force: bool) -> None:
     """Re-encode REEL keeping its luma, chroma, frame rate, timecode, aspect, rotation and audio."""
     from pipeline.media.encode import transcode as transcode_reel
@@ -48,9 +54,9 @@ def transcode(reel: Path, codec: CodecName, dest: Path, force: bool) -> None:
 
 @click.command()
 @click.argument("reel", type=click.Path(path_type=Path))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write shots as JSON.")
-@click.option("--csv", "csv_out", type=click.Path(path_type=Path), help="Write shots as CSV.")
-@click.option("--edl", "edl_out", type=click.Path(path_type=Path), help="Write a CMX3600 EDL.")
+@click.option("--json", "json_out", type=click.Path(), callback=output_path, help="Write shots as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(), callback=output_path, help="Write shots as CSV.")
+@click.option("--edl", "edl_out", type=click.Path(), callback=output_path, help="Write a CMX3600 EDL.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option(
     "--min-shot-len", type=click.IntRange(min=1), default=10, show_default=True, help="Shortest shot, in frames."
@@ -73,13 +79,14 @@ def shots(
     threshold: float,
 ) -> None:
     """Cut REEL into shots (hard cuts, fades, dissolves) from luma alone."""
+    from pipeline.files import check_destination
     from pipeline.shots import ShotSettings, detect_shots, write_csv, write_edl, write_json
 
     outputs = [(p, w) for p, w in ((json_out, write_json), (csv_out, write_csv), (edl_out, write_edl)) if p]
-    from pipeline.files import check_writable_destination
-
     for path, _ in outputs:  # fail before the (long) detection, not after
-        check_writable_destination(path, force=force, sources=(reel,))
+        check_destination(path, force=force, inputs=(reel,))
+    if len({Path(p).resolve() for p, _ in outputs}) < len(outputs):
+        raise PostprodError(outputs[0][0], "--json, --csv and --edl must be different files")
     result = detect_shots(reel, settings=ShotSettings(min_shot_len=min_shot_len, cut_threshold=threshold))
     for path, writer in outputs:
         writer(result, path, force=force)
@@ -92,21 +99,20 @@ def shots(
 @click.command("frame")
 @click.argument("reel", type=click.Path(path_type=Path))
 @click.option("--frame", "index", type=int, required=True, help="0-based frame number (display order).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output image (.png/.tif).")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--out", type=click.Path(), callback=output_path, required=True, help="Output image (.png/.tif).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
 def frame(reel: Path, index: int, out: Path, force: bool) -> None:
     """Extract frame N of REEL as a grey image (its luma; 16-bit for sources above 8 bits)."""
     from pipeline.color import codes_to_luma
-    from pipeline.files import check_writable_destination
-    from pipeline.images import write_rgb
+    from pipeline.images import check_image_output, write_rgb
     from pipeline.media.decode import iter_frames
     from pipeline.media.probe import probe as probe_reel
 
-    check_writable_destination(out, force=force, sources=(reel,))
+    check_image_output(out, force=force, inputs=(reel,))
     info = probe_reel(reel)
     if not 0 <= index < info.frames:
         raise PostprodError(reel, f"frame {index} is out of range (the reel has {info.frames} frames)")
     picture = next(iter_frames(reel, index, index + 1))
     grey = codes_to_luma(picture.luma, picture.bit_depth, info.luma_range)
-    write_rgb(out, grey, bit_depth=8 if picture.bit_depth == 8 else 16, force=force)
+    write_rgb(out, grey, bit_depth=8 if picture.bit_depth == 8 else 16, force=force, inputs=(reel,))
     click.echo(f"{out}: frame {index} of {reel}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import output_path
 from pipeline.errors import PostprodError
 from pipeline.settings import DEFAULT_METHOD, DEVICES, METHODS, Device, Method
 
@@ -50,8 +51,8 @@ from pipeline.settings import DEFAULT_METHOD, DEVICES, METHODS, Device, Method
     "(model/weights/colornet.pt).",
 )
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output image (.png/.tif/.jpg).")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--out", type=click.Path(), callback=output_path, required=True, help="Output image (.png/.tif/.jpg).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
 def colorize_image(
     target: Path,
     refs: tuple[Path, ...],
@@ -64,11 +65,10 @@ def colorize_image(
     force: bool,
 ) -> None:
     """Colorize one grey image from colour references, optionally object by object with masks."""
-    from pipeline.colorize import Exemplar, colorize_still, compose_rgb
-    from pipeline.files import check_writable_destination
-    from pipeline.images import read_colour, read_grey, read_mask, write_rgb
+    from pipeline.images import check_image_output, read_colour, read_grey, read_mask, write_rgb
 
-    check_writable_destination(out, force=force, sources=(target, *refs))
+    inputs = (target, *refs, *target_masks, *ref_masks)
+    check_image_output(out, force=force, inputs=inputs)
     if len(target_masks) != len(ref_masks):
         raise PostprodError(
             None, f"{len(target_masks)} --target-mask but {len(ref_masks)} --ref-mask: give them in pairs"
@@ -84,9 +84,11 @@ def colorize_image(
     pairs: list[list[tuple]] = [[] for _ in refs]
     for tm, rm, k in zip(target_masks, ref_masks, owners, strict=True):
         pairs[k].append((read_mask(tm, grey.size, of=target), read_mask(rm, colours[k].size, of=refs[k])))
+    from pipeline.colorize import Exemplar, colorize_still, compose_rgb  # torch: after every input is checked
+
     exemplars = [Exemplar(rgb=c.pixels, masks=tuple(p)) for c, p in zip(colours, pairs, strict=True)]
     ab = colorize_still(grey.pixels, exemplars, method=method, device=device)
-    write_rgb(out, compose_rgb(grey.pixels, ab), bit_depth=grey.bit_depth, force=force)
+    write_rgb(out, compose_rgb(grey.pixels, ab), bit_depth=grey.bit_depth, force=force, inputs=inputs)
     click.echo(f"{out}: colorized {target} from {len(refs)} reference(s)")
 
 
@@ -113,7 +115,7 @@ def colorize_image(
     multiple=True,
     help="Held-out photos for validation (default: pairs drawn from the training photos).",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint folder.")
+@click.option("--out", type=click.Path(), callback=output_path, required=True, help="Checkpoint folder.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--size", type=click.IntRange(min=32), default=128, show_default=True, help="Training window, px.")
@@ -141,6 +143,10 @@ def train_command(
     threads: int,
 ) -> None:
     """Train the exemplar colorization network (model/train.py); export OUT/colornet.pt."""
+    from pipeline.files import check_destination
+
+    check_destination(out, inputs=(*data, *frames, *val_data), kind="folder")  # before torch loads
+
     import torch
 
     from model.train import TrainConfig, TrainingImages, train

@@ -30,15 +30,21 @@ from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.artifacts import Report, ShotProgress, file_link, publish_report, shot_rows
-from flows.settings import ensure_gpu_limit, gpu_count, gpu_slots, quiet_console, quiet_embedded_server_exit
+from flows.settings import (
+    ensure_gpu_limit,
+    gpu_count,
+    gpu_slots,
+    quiet_console,
+    quiet_embedded_server_exit,
+    start_embedded_server,
+)
 from flows.shot import ShotOutcome, outcome_of, read_outcome, shot_task
 from pipeline import review, run
 from pipeline.errors import PostprodError
-from pipeline.files import check_writable_destination
 from pipeline.keyframes import Plan
 from pipeline.review import CONTACT_SHEET
 from pipeline.settings import RunSettings
-from pipeline.workdir import PLAN_NAME, default_workdir, load_plan, shot_key
+from pipeline.workdir import PLAN_NAME, load_plan, lock_workdir, shot_key
 
 POLL_SECONDS = 2.0
 """How often the reel's flow looks at its shots' flow runs on a farm."""
@@ -69,10 +75,9 @@ def _one_line(err: BaseException | str) -> str:
 
 
 @task(name="prepare", cache_policy=NO_CACHE, persist_result=False)
-def prepare(reel: Path, refs: Path | None, out: Path, workdir: Path, settings: RunSettings, force: bool) -> Path:
-    """Check the output can be written, then probe, cut shots, check refs and plan keyframes
-    (``pipeline.run.prepare_run``); returns ``workdir/plan.json``. Fails before any heavy work."""
-    check_writable_destination(out, force=force, sources=(reel,))
+def prepare(reel: Path, refs: Path | None, workdir: Path, settings: RunSettings) -> Path:
+    """Probe, cut shots, check refs and plan keyframes (``pipeline.run.prepare_run``); returns
+    ``workdir/plan.json``. Fails before any heavy work."""
     run.prepare_run(reel, refs, workdir, settings)
     return Path(workdir) / PLAN_NAME
 
@@ -80,7 +85,7 @@ def prepare(reel: Path, refs: Path | None, out: Path, workdir: Path, settings: R
 @task(name="assemble", cache_policy=NO_CACHE, persist_result=False)
 def assemble(plan_path: Path, segments: dict[int, Path | None], out: Path, settings: RunSettings, force: bool) -> Path:
     """The segments (the source for grey shots) encoded in order into ``out``, audio copied, atomically."""
-    return run.assemble(load_plan(plan_path), segments, out, settings, force=force)
+    return run.assemble(load_plan(plan_path), segments, out, settings, force=force, inputs=(Path(plan_path).parent,))
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE, persist_result=False)
@@ -201,13 +206,30 @@ def colorize_reel(
     on a farm it must be on storage every worker mounts at the same path. ``shot_deployment``
     (e.g. ``colorize-shot/colorize-shot``): run each shot as a run of that deployment instead
     of in this process. Returns ``out``; raises :class:`ReelIncomplete` (nothing written) when
-    shots failed, :class:`PostprodError` for bad inputs before any shot runs.
+    shots failed, :class:`PostprodError` for bad inputs before any shot runs
+    (:func:`pipeline.run.check_run_inputs`, then the plan) or a work folder in use by another run
+    (its ``run.lock`` is held while the flow runs).
     """
+    reel, out = Path(reel).resolve(), Path(out).resolve()
+    workdir = run.check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force).resolve()
+    with lock_workdir(workdir):
+        return _colorize_locked(reel, out, refs, workdir, settings, force, shot_deployment, poll_seconds)
+
+
+def _colorize_locked(
+    reel: Path,
+    out: Path,
+    refs: Path | None,
+    workdir: Path,
+    settings: RunSettings,
+    force: bool,
+    shot_deployment: str | None,
+    poll_seconds: float,
+) -> Path:
+    """The body of :func:`colorize_reel`, its inputs checked and the work folder locked."""
     logger = get_run_logger()
     started = time.perf_counter()
-    reel, out = Path(reel).resolve(), Path(out).resolve()
-    workdir = Path(workdir or default_workdir(reel)).resolve()
-    plan_file = prepare(reel, refs, out, workdir, settings, force)
+    plan_file = prepare(reel, refs, workdir, settings)
     plan = load_plan(plan_file)
     limit = ensure_gpu_limit()
     # in this process: this machine's GPUs (never more than the whole limit), held for all shots
@@ -277,9 +299,11 @@ def run_flow(
 ) -> Path:
     """``postprod run --engine prefect``: the ``colorize-reel`` flow in this process, on the server
     at ``PREFECT_API_URL`` if set, else on Prefect's embedded server (SQLite in ``PREFECT_HOME``).
-    Prefect's console logging is kept to warnings (see :func:`flows.settings.quiet_console`)."""
+    Prefect's console logging is kept to warnings (see :func:`flows.settings.quiet_console`); the
+    embedded server dies with this process (:func:`flows.settings.start_embedded_server`)."""
     with quiet_console(), tags(reel_tag(reel)):
         try:
+            start_embedded_server()
             return colorize_reel(
                 reel=Path(reel),
                 out=Path(out),

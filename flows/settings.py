@@ -4,6 +4,14 @@ Prefect reads its settings once, when it is first imported, so :func:`apply_serv
 must run before that: ``flows/__init__.py`` calls it. It only fills in what the environment
 does not already say, so a user's ``PREFECT_*`` variables (``PREFECT_API_URL`` above all: run
 against that server instead of the embedded one) always win.
+
+Telemetry is off on both sides: the server's (``PREFECT_SERVER_ANALYTICS_ENABLED=false``) and
+the client's (``DO_NOT_TRACK=1``, which also keeps Prefect's first-run notice about it off the
+terminal); a run talks to nothing but its Prefect server (tested: ``tests/test_safety.py``).
+
+The embedded server is started by :func:`start_embedded_server`, from the main thread before
+the flow runs, as a child that the kernel stops when postprod's process dies (Linux
+``PR_SET_PDEATHSIG``): a killed run (SIGKILL too) never leaves a server running.
 """
 
 from __future__ import annotations
@@ -11,13 +19,16 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
 SERVER_DEFAULTS: dict[str, str] = {
-    # No telemetry from studios' machines.
+    # No telemetry from studios' machines: the server's, and the client's (with its notice).
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
     # The embedded (ephemeral) server runs migrations on first start; on a loaded 2-core laptop
     # that takes far longer than Prefect's default wait, and the run would fail before starting.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
@@ -49,18 +60,25 @@ def prefect_console_handlers() -> list[logging.Handler]:
     return list(found.values())
 
 
-class _NoTracebacks(logging.Filter):
-    """Drops records carrying an exception: the caller re-raises it and reports it (the CLI: one
-    line, the traceback only with ``--debug``)."""
+class _CallerReports(logging.Filter):
+    """Drops records carrying an exception, and the "Finished in state Failed(...)" lines of
+    failed task and flow runs (which repeat the exception's message, newlines escaped): the
+    caller re-raises the exception and reports it (the CLI: one line, the traceback only with
+    ``--debug``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None
+        if record.exc_info is not None:
+            return False
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith(("Finished in state Failed", "Finished in state Crashed"))
+        )
 
 
 @contextmanager
 def quiet_console(level: int = logging.WARNING, environ: MutableMapping[str, str] | None = None) -> Iterator[None]:
     """Show only ``level`` and above of Prefect's logs on the console while the block runs, and
-    no tracebacks (the exception reaches the caller).
+    neither tracebacks nor the failed runs' final states (the exception reaches the caller).
 
     For the laptop case: the stages' own progress bars are the display. Logs still reach the
     Prefect API at INFO (the flow run's page in the UI). Does nothing when the user set
@@ -72,7 +90,7 @@ def quiet_console(level: int = logging.WARNING, environ: MutableMapping[str, str
         return
     handlers = prefect_console_handlers()
     before = [h.level for h in handlers]
-    no_tracebacks = _NoTracebacks()
+    no_tracebacks = _CallerReports()
     for h in handlers:
         h.setLevel(max(h.level, level))
         h.addFilter(no_tracebacks)
@@ -102,6 +120,54 @@ def quiet_embedded_server_exit() -> None:
 def _stop_quietly(server: Any) -> None:
     with quiet_console():
         server.stop()
+
+
+# Run in the server's process before uvicorn: stop when the parent (postprod) dies, and do not
+# start at all if it died before the request took effect (the parent's pid is argv[1]).
+_TIED_LAUNCHER = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
+    "sys.argv = ['uvicorn', *sys.argv[2:]]\n"
+    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def start_embedded_server() -> None:
+    """Start Prefect's embedded (ephemeral) server for this process now, tied to it: on Linux the
+    server gets SIGTERM when this process dies, however it dies. Nothing to do with
+    ``PREFECT_API_URL`` set, off Linux, or when the process's embedded server exists already.
+    Call from the main thread (the kernel ties the child to the thread that started it)."""
+    if not uses_embedded_server() or not sys.platform.startswith("linux"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    if None in SubprocessASGIServer._instances:  # Prefect's singleton for the embedded server
+        return
+
+    class TiedServer(SubprocessASGIServer):
+        """Prefect's embedded server started through :data:`_TIED_LAUNCHER`."""
+
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            import prefect
+            from prefect.settings import get_current_settings
+
+            args = [
+                *("--app-dir", str(prefect.__module_path__.parent)),
+                *("--factory", "prefect.server.api.server:create_app"),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                *("--log-level", "error", "--lifespan", "on"),
+            ]
+            env = {
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            }
+            return subprocess.Popen([sys.executable, "-c", _TIED_LAUNCHER, str(os.getpid()), *args], env=env)
+
+    TiedServer().start()  # registers itself as the singleton every Prefect client asks for
 
 
 def uses_embedded_server() -> bool:

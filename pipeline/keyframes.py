@@ -17,7 +17,7 @@ reference of another aspect is stretched), decoded at reduced size. A plan is JS
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -234,9 +234,10 @@ def _choice(value: Any, kind: Any) -> Any:
     return value
 
 
-def write_plan(plan: Plan, path: Path, *, force: bool = False) -> None:
-    """Write ``plan.to_dict()`` as indented JSON, atomically (never over the reel)."""
-    with atomic_output(Path(path), force=force, sources=(plan.reel,)) as tmp:
+def write_plan(plan: Plan, path: Path, *, force: bool = False, inputs: Iterable[Path | None] = ()) -> None:
+    """Write ``plan.to_dict()`` as indented JSON, atomically (never over the reel or ``inputs``,
+    :mod:`pipeline.files`)."""
+    with atomic_output(Path(path), force=force, inputs=(plan.reel, *inputs)) as tmp:
         tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 

@@ -12,7 +12,15 @@ File names (N = 0-based frame of the reel, K = 0-based shot as ``postprod shots`
   present, else the stem's own reference;
 - ``refs.toml`` (optional) declares references explicitly, also by timecode (docs/refs.md).
 
-Dotfiles, ``*.md``, ``*.txt`` and sub-folders are ignored; any other file is a problem.
+Numbers are ASCII digits, leading zeros allowed; one file per reference (``shot-1.png`` and
+``shot-01.png`` are the same reference: a problem). Dotfiles, ``*.md``, ``*.txt`` and
+sub-folders are ignored; any other file is a problem.
+
+Confinement: every file the folder names, by its own name or in refs.toml, must be inside the
+folder after symbolic links are resolved; an absolute path, a ``..`` escape or a link leading
+out is a problem, and such a file is never opened (a refs folder is not a way to read other
+files of the machine).
+
 :func:`read_refs` reads every image and mask once to check it (no video decoding) and
 collects *every* problem; :meth:`RefSet.raise_problems` raises them together as one
 :class:`RefsProblems`.
@@ -30,7 +38,7 @@ from typing import Any
 
 from pipeline.errors import PostprodError
 from pipeline.images import read_colour, read_mask
-from pipeline.media.probe import ReelInfo
+from pipeline.media.probe import ReelHeader, ReelInfo
 from pipeline.media.timecode import frames_per_day, is_drop_frame_rate, timecode_to_frames
 from pipeline.shots import ShotList
 from pipeline.shots.output import timecode as reel_timecode
@@ -40,9 +48,9 @@ IGNORED_SUFFIXES = (".md", ".txt")
 TOML_NAME = "refs.toml"
 
 _NAME = re.compile(
-    r"(?P<stem>(?P<kind>frame|shot)-(?P<number>\d+))(?:\.(?P<object>[A-Za-z0-9_-]+))?"
+    r"(?P<stem>(?P<kind>frame|shot)-(?P<number>[0-9]+))(?:\.(?P<object>[A-Za-z0-9_-]+))?"
     r"(?:\.(?P<role>mask|refmask))?\.(?:png|jpe?g|tiff?)",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ROLES = ("mask", "refmask")
@@ -163,14 +171,17 @@ def frame_of_timecode(tc: str, shots: ShotList) -> int:
     return (label - first) % frames_per_day(shots.fps, reel_drop)
 
 
-def read_refs(folder: Path, reel: ReelInfo, shots: ShotList) -> RefSet:
+def read_refs(folder: Path, reel: ReelInfo | ReelHeader, shots: ShotList | None) -> RefSet:
     """Parse and check the refs folder of a reel; never decodes video.
 
     ``reel`` gives the frame size masks must have; ``shots`` the frame count, the shots and
-    the timecode. Every problem (unknown names, an unparsable refs.toml, frames, shots or
-    timecodes outside the reel, unreadable or grey references, masks of the wrong size, empty
-    masks, masks without their partner) is collected in :attr:`RefSet.problems`; the
-    references that have none are in :attr:`RefSet.refs`. Each image is read once.
+    the timecode. Every problem (unknown names, files outside the folder, an unparsable
+    refs.toml, frames, shots or timecodes outside the reel, unreadable, grey, too small or too
+    large references, masks of the wrong size, empty masks, masks without their partner) is
+    collected in :attr:`RefSet.problems`; the references that have none are in
+    :attr:`RefSet.refs`. Each image is read once. ``shots=None``: only what needs no shot list
+    (everything but frames, shots and timecodes against the reel) and no references returned:
+    the check ``postprod run`` makes before any work.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -179,6 +190,11 @@ def read_refs(folder: Path, reel: ReelInfo, shots: ShotList) -> RefSet:
     declared, claimed = _read_toml(folder, problems)
     declared += _declared_by_names(folder, claimed, problems)
     sizes = _image_sizes(declared, problems)
+    if shots is None:
+        for d in declared:
+            for o in d.objects:
+                _masks_ok(o, reel, sizes, problems)
+        return RefSet(folder, (), tuple(problems))
     refs = [ref for d in declared if (ref := _check(d, reel, shots, sizes, problems)) is not None]
     return RefSet(folder, tuple(refs), tuple(problems))
 
@@ -186,10 +202,38 @@ def read_refs(folder: Path, reel: ReelInfo, shots: ShotList) -> RefSet:
 # --- refs.toml ---------------------------------------------------------------------------
 
 
+def _outside(folder: Path, path: Path) -> str | None:
+    """Why ``path`` (a file the refs folder names) is not inside ``folder`` after resolving
+    symbolic links and ``..``; None when it is. Nothing is opened."""
+    real, home = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real != home and real.is_relative_to(home):
+        return None
+    how = f"a symbolic link to {os.readlink(path)}" if path.is_symlink() else f"it resolves to {real}"
+    return f"outside the refs folder ({how}); not read"
+
+
+def _confined(folder: Path, name: str, what: str, bad: Callable[[str], None]) -> Path | None:
+    """``folder / name`` for a file refs.toml names, or None (problem recorded) when ``name`` is
+    absolute or leads outside the folder."""
+    if Path(name).is_absolute():
+        bad(f"{what} {name!r} is an absolute path, outside the refs folder (paths are relative to it); not read")
+        return None
+    path = folder / name
+    why = _outside(folder, path)
+    if why is not None:
+        bad(f"{what} {name!r} is {why}")
+        return None
+    return path
+
+
 def _read_toml(folder: Path, problems: list[Problem]) -> tuple[list[_Declared], set[Path]]:
     """References declared in refs.toml, and the (resolved) files it names."""
     path = folder / TOML_NAME
     if not path.is_file():
+        return [], set()
+    why = _outside(folder, path)
+    if why is not None:
+        problems.append(Problem(str(path), why))
         return [], set()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -230,7 +274,7 @@ def _toml_entry(entry: Any, folder: Path, d: _Declared, problems: list[Problem])
         bad(f"unknown key {key!r} (allowed: {', '.join(sorted(_REF_KEYS))})")
     image = entry.get("image")
     if isinstance(image, str) and image:
-        d.image = folder / image
+        d.image = _confined(folder, image, "image", bad)
     else:
         bad('needs image = "<file>"')
     anchors = [k for k in ("frame", "timecode", "shot") if k in entry]
@@ -271,9 +315,16 @@ def _toml_entry(entry: Any, folder: Path, d: _Declared, problems: list[Problem])
             bad(f'object {name!r}: needs mask = "<file>" and refmask = "<file>"')
         elif not (isinstance(own, str) and own):
             bad(f"object {name!r}: image must be a file name, got {own!r}")
+        elif own == image and d.image is None:
+            continue  # the reference's own image is refused already (reported above)
         else:
-            mask, refmask = (str(f) for f in files)
-            d.objects.append(ObjectRef(name, folder / own, folder / mask, folder / refmask))
+            found = [
+                _confined(folder, str(f), f"object {name!r}: {key}", bad)
+                for key, f in (("image", own), ("mask", files[0]), ("refmask", files[1]))
+            ]
+            if all(found):
+                own_path, mask_path, refmask_path = (f for f in found if f is not None)
+                d.objects.append(ObjectRef(name, own_path, mask_path, refmask_path))
     return d
 
 
@@ -285,7 +336,8 @@ def _is_count(value: Any) -> bool:
 
 
 def _declared_by_names(folder: Path, claimed: set[Path], problems: list[Problem]) -> list[_Declared]:
-    """References declared by the names of the files in ``folder``, except those refs.toml names."""
+    """References declared by the names of the files in ``folder``, except those refs.toml names.
+    Stems are compared by number (``shot-1`` and ``shot-01`` are one reference)."""
     stems: dict[str, dict[tuple[str | None, str | None], list[Path]]] = {}
     for path in sorted(folder.iterdir()):
         name = path.name
@@ -301,6 +353,10 @@ def _declared_by_names(folder: Path, claimed: set[Path], problems: list[Problem]
         if m is None:
             problems.append(Problem(str(path), _EXPECTED))
             continue
+        why = _outside(folder, path)
+        if why is not None:
+            problems.append(Problem(str(path), why))
+            continue
         obj, role = m["object"], m["role"] and m["role"].lower()
         if obj is not None and obj.lower() in _ROLES:
             problems.append(
@@ -309,7 +365,8 @@ def _declared_by_names(folder: Path, claimed: set[Path], problems: list[Problem]
                 )
             )
             continue
-        stems.setdefault(m["stem"], {}).setdefault((obj, role), []).append(path)
+        stem = f"{m['kind'].lower()}-{int(m['number'])}"
+        stems.setdefault(stem, {}).setdefault((obj, role), []).append(path)
     return [d for stem, files in stems.items() if (d := _stem_reference(stem, files, problems))]
 
 
@@ -368,7 +425,11 @@ def _image_sizes(declared: list[_Declared], problems: list[Problem]) -> dict[Pat
 
 
 def _check(
-    d: _Declared, reel: ReelInfo, shots: ShotList, sizes: dict[Path, tuple[int, int] | None], problems: list[Problem]
+    d: _Declared,
+    reel: ReelInfo | ReelHeader,
+    shots: ShotList,
+    sizes: dict[Path, tuple[int, int] | None],
+    problems: list[Problem],
 ) -> Reference | None:
     """Check one declared reference against the reel (ranges, mask sizes); None if unusable."""
 
@@ -425,7 +486,7 @@ def _frame(anchor: int | str | None, shots: ShotList, span: str, bad: Callable[[
 
 
 def _masks_ok(
-    obj: ObjectRef, reel: ReelInfo, sizes: dict[Path, tuple[int, int] | None], problems: list[Problem]
+    obj: ObjectRef, reel: ReelInfo | ReelHeader, sizes: dict[Path, tuple[int, int] | None], problems: list[Problem]
 ) -> bool:
     """Read an object's masks: the mask at the reel's frame size, the refmask at its image's
     size (unchecked when the image itself is unusable); False after recording problems."""

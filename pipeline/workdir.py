@@ -7,7 +7,7 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
     segments/shot-<i>-<key>.mkv
                               shot i coloured: lossless FFV1, the source's luma codes + chroma;
                               ``key`` is :func:`shot_key`, so the segment *is* the cache
-    run.lock                  held by the run using the folder (``pipeline.locks``)
+    run.lock                  held by the run using the folder (:func:`lock_workdir`)
 
 A segment is written atomically, so one that exists is complete and is reused as it is; one
 whose inputs changed has another key, another name, and is recomputed. The key covers the
@@ -17,21 +17,36 @@ change pixels and :data:`COLOUR_VERSION`.
 
 Hashes are memoised per process by the file's identity (path, size, modification time), so
 asking for a key again, or for the keys of many shots of one reel, reads each file once.
+
+One run at a time: ``run.lock`` is held (``flock``) by the run using the folder and names it
+(host, process id, start time); a second run on the same folder refuses, naming the first. The
+kernel releases the lock when its process ends however it ends, so a killed run never leaves
+the folder locked; on a file system without ``flock`` the record decides, and a record left by
+a process of this host that no longer runs is taken over. The file stays (empty when free).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.errors import PostprodError
+from pipeline.files import pid_alive
 from pipeline.keyframes import Plan, read_plan
 from pipeline.media.encode import CodecName
 from pipeline.settings import RunSettings
 
 PLAN_NAME = "plan.json"
+LOCK_NAME = "run.lock"
 SHOTS_NAME = "shots.json"
 SEGMENTS = "segments"
 SEGMENT_CODEC: CodecName = "ffv1"
@@ -149,3 +164,93 @@ def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
 def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
     """``<workdir>/segments/shot-<i:04d>-<shot_key>.mkv``: where shot ``shot_index``'s result lives."""
     return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{shot_key(plan, shot_index, settings)}.mkv"
+
+
+# --- one run at a time ---------------------------------------------------------------------
+
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+def _owner_record(fd: int) -> dict:
+    """The run recorded in an open ``run.lock`` ({} when empty or unreadable)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe(owner: dict) -> str:
+    started = owner.get("started")
+    since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}" if started else ""
+    return f"process {owner.get('pid', '?')} on {owner.get('host', '?')}{since}"
+
+
+def _record_alive(owner: dict) -> bool:
+    """Whether the recorded run may still be running: another host's always may."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    return owner.get("host") != socket.gethostname() or pid_alive(pid)
+
+
+def _try_lock(fd: int) -> str | None:
+    """Take the lock on ``fd``; None when taken, else the running owner's description."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe(_owner_record(fd))
+    except OSError as err:
+        if err.errno not in _NO_FLOCK:
+            raise
+        owner = _owner_record(fd)  # no flock on this file system: the record decides
+        if owner.get("pid") != os.getpid() and _record_alive(owner):
+            return _describe(owner)
+    return None
+
+
+def workdir_owner(workdir: Path) -> str | None:
+    """The run holding ``workdir`` ("process 123 on host since ..."), or None when it is free."""
+    path = Path(workdir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise PostprodError(path, f"cannot open the work folder's lock ({err.strerror})") from err
+    try:
+        return _try_lock(fd)  # closing the descriptor releases what was taken
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def lock_workdir(workdir: Path) -> Iterator[None]:
+    """Hold ``<workdir>/run.lock`` while the block runs (the folder is created if needed).
+
+    Raises :class:`PostprodError` naming the work folder and the run holding it. The lock is
+    released when the block ends, and by the kernel when the process dies.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise PostprodError(path, f"cannot create the work folder's lock ({err.strerror})") from err
+    try:
+        owner = _try_lock(fd)
+        if owner is not None:
+            raise PostprodError(
+                workdir, f"work folder in use by another run ({owner}); wait for it to end or use another --workdir"
+            )
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": round(time.time())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

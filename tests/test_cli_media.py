@@ -135,7 +135,7 @@ def test_unwritable_destinations(
         monkeypatch,
         capsys,
     )
-    assert_one_line_error(code, err, "overwrite the source")
+    assert_one_line_error(code, err, "is an input of this command", "would overwrite it")
     assert probe(clip_8bit.path).frames == 36
 
 

@@ -365,6 +365,38 @@ def test_cli_run_reports_failed_shots_on_one_line_without_traceback(
     assert last.endswith("rerun the same command to redo only those") and not cut_reel.out.exists()
 
 
+def test_cli_run_refs_problem_found_in_the_plan_is_reported_once(
+    prefect_api: None,
+    cut_reel: SimpleNamespace,
+    fake_stages: FakeStages,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A problem only the plan finds (a frame past the reel's end) fails the flow's prepare task:
+    the CLI reports it once, and Prefect's console does not repeat it (escaped newlines and all)."""
+    from cli import main as cli
+
+    (cut_reel.refs / "frame-9999.png").write_bytes((cut_reel.refs / "shot-0.png").read_bytes())
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["postprod", "run", "--reel", str(cut_reel.reel), "--refs", str(cut_reel.refs), "--out", str(cut_reel.out)]
+        + ["--codec", "ffv1", "--workdir", str(cut_reel.workdir)],
+    )
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == cli.EXIT_USER_ERROR
+    err = capfd.readouterr().err
+    assert "Finished in state" not in err and "\\n" not in err and "Traceback" not in err
+    assert err.count("frame-9999.png: frame 9999 is outside the reel") == 1
+    assert err.strip().splitlines()[-2:] == [
+        f"postprod: error: {cut_reel.refs.resolve()}/: 1 problem",
+        f"  {cut_reel.refs.resolve()}/frame-9999.png: frame 9999 is outside the reel (frames 0-71, "
+        "00:00:00:00-00:00:02:23)",
+    ]
+    assert fake_stages.attempts == [] and not cut_reel.out.exists()
+
+
 def test_gpu_limit_created_once_with_the_local_gpu_count(prefect_api: None) -> None:
     from prefect.client.orchestration import get_client
 
@@ -404,7 +436,7 @@ def test_server_defaults_never_override_the_user() -> None:
 
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "true", "PREFECT_API_URL": "http://farm:4200/api"}
     added = apply_server_defaults(env)
-    assert added == {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
+    assert added == {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600", "DO_NOT_TRACK": "1"}
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true" and env["PREFECT_API_URL"] == "http://farm:4200/api"
 
 

@@ -231,15 +231,19 @@ def test_no_reference_at_all(tmp_path: Path, reel) -> None:
 def test_two_coloured_keyframes_for_one_frame(tmp_path: Path, reel) -> None:
     info, greys = reel
     cv2.imwrite(str(tmp_path / "frame-13.png"), colour_version(greys[13], info.matrix))
-    cv2.imwrite(str(tmp_path / "frame-013.jpg"), colour_version(greys[13], info.matrix))
-    cv2.imwrite(str(tmp_path / "frame-0013.png"), unrelated())  # an exemplar anchored at the same frame
+    cv2.imwrite(str(tmp_path / "again.jpg"), colour_version(greys[13], info.matrix))
+    cv2.imwrite(str(tmp_path / "other.png"), unrelated())  # an exemplar anchored at the same frame
+    # one file name per frame (frame-13 and frame-013 would be one reference twice): the others by refs.toml
+    (tmp_path / "refs.toml").write_text(
+        '[[ref]]\nimage = "again.jpg"\nframe = 13\n\n[[ref]]\nimage = "other.png"\ntimecode = "00:00:00:13"\n'
+    )
     shots = shot_list(info)
     with pytest.raises(RefsProblems) as caught:
         plan_keyframes(info, shots, read_refs(tmp_path, info, shots), missing="grey")
     text = str(caught.value)
     assert text.splitlines()[0] == f"{tmp_path}/: 2 problems"
-    assert f"{tmp_path / 'frame-13.png'}: is a second coloured keyframe for frame 13 (so is frame-013.jpg)" in text
-    assert f"{tmp_path / 'frame-0013.png'}: is an exemplar anchored at frame 13, which frame-013.jpg colours" in text
+    assert f"{tmp_path / 'frame-13.png'}: is a second coloured keyframe for frame 13 (so is again.jpg)" in text
+    assert f"{tmp_path / 'other.png'}: is an exemplar anchored at frame 13, which again.jpg colours" in text
 
 
 def test_plan_json_round_trip(two_refs, tmp_path_factory: pytest.TempPathFactory) -> None:

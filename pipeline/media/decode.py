@@ -6,8 +6,10 @@ wherever its first timestamp lies. The display order comes from one demux pass
 (:func:`~pipeline.media.probe.scan_packets`) per call; frames are matched to it by pts.
 
 Damaged data never shifts the numbering: a frame that cannot be decoded (a corrupt packet, a
-packet whose data is missing) is replaced by a copy of the previous decoded frame (the next one if
-the damage is at the very start of the range) and reported through ``on_corrupt`` with its
+packet whose data is missing) is replaced by a copy of the previous frame that decodes, wherever
+the decoding started (a range starting at a damaged frame looks back for it: ``postprod frame``
+and ``postprod run`` give the same picture), the next one only when no earlier frame decodes
+(damage at the very start of the reel), and reported through ``on_corrupt`` with its
 frame number(s); frames the decoder outputs with concealed errors are yielded as they are and
 reported too (the H.264 decoder conceals some damage silently: such frames cannot be told
 apart). A file whose end is cut is decoded as far as its packets go: the count is what
@@ -315,10 +317,40 @@ def iter_frame_ranges(
         return
     if index.declared_frames > n and clipped[-1].stop == n:
         report(range(n, index.declared_frames), f"missing: the file ends early (truncated); {n} frames are present")
+    yield from _frame_ranges(path, clipped, index, max_height, chroma, report, analysis, lookback=True)
+
+
+def _frame_ranges(
+    path: Path,
+    clipped: list[range],
+    index: PacketIndex,
+    max_height: int | None,
+    chroma: bool,
+    report: CorruptCallback,
+    analysis: bool,
+    *,
+    lookback: bool,
+) -> Iterator[Frame]:
+    """:func:`iter_frame_ranges` on checked, clipped ranges. ``lookback``: damaged frames that no
+    frame of the ranges precedes are stood in for by the previous frame that decodes
+    (:func:`_picture_before`), else by the next that decodes (in the ranges, else after them:
+    :func:`_picture_after`); without it, only frames of the ranges stand in."""
+    first, last = clipped[0].start, clipped[-1][-1]
+
+    def before() -> Frame | None:
+        if not lookback:
+            return None
+        return _picture_before(path, index, first, max_height=max_height, chroma=chroma, analysis=analysis)
+
+    def after() -> Frame | None:
+        if not lookback:
+            return None
+        return _picture_after(path, index, last + 1, max_height=max_height, chroma=chroma, analysis=analysis)
+
     with open_input(path) as container:
         stream = video_stream(container, path)
         configure_decoder(stream, analysis)
-        packets = _packets_from(container, stream, index, clipped[0].start, path, analysis=analysis)
+        packets = _packets_from(container, stream, index, first, path, analysis=analysis)
         yield from _decode(
             packets,
             index,
@@ -328,7 +360,58 @@ def iter_frame_ranges(
             max_height=max_height,
             chroma=chroma,
             report=report,
+            before=before,
+            after=after,
         )
+
+
+_NOT_DECODED = "could not be decoded"
+_LOOKBACK = 16
+"""Frames decoded per step when looking back for the last frame before a range that decodes."""
+
+
+def _picture_before(
+    path: Path, index: PacketIndex, first: int, *, max_height: int | None, chroma: bool, analysis: bool
+) -> Frame | None:
+    """The last frame before display index ``first`` that decodes, looking back :data:`_LOOKBACK`
+    frames at a time; None when none does."""
+    stop = first
+    while stop > 0:
+        start = max(0, stop - _LOOKBACK)
+        found = _decodable(path, index, range(start, stop), max_height=max_height, chroma=chroma, analysis=analysis)
+        if found:
+            return found[-1]
+        stop = start
+    return None
+
+
+def _picture_after(
+    path: Path, index: PacketIndex, after: int, *, max_height: int | None, chroma: bool, analysis: bool
+) -> Frame | None:
+    """The first frame from display index ``after`` on that decodes; None when none does."""
+    for start in range(after, index.frames, _LOOKBACK):
+        stop = min(index.frames, start + _LOOKBACK)
+        found = _decodable(path, index, range(start, stop), max_height=max_height, chroma=chroma, analysis=analysis)
+        if found:
+            return found[0]
+    return None
+
+
+def _decodable(
+    path: Path, index: PacketIndex, frames: range, *, max_height: int | None, chroma: bool, analysis: bool
+) -> list[Frame]:
+    """The frames of ``frames`` that decode (stand-ins left out), in order."""
+    stand_ins: set[int] = set()
+
+    def note(replaced: range, message: str) -> None:
+        if message.startswith(_NOT_DECODED):
+            stand_ins.update(replaced)
+
+    try:
+        got = list(_frame_ranges(path, [frames], index, max_height, chroma, note, analysis, lookback=False))
+    except PostprodError:
+        return []  # nothing in this stretch decodes
+    return [f for f in got if f.index not in stand_ins]
 
 
 class _Wanted:
@@ -373,9 +456,14 @@ def _decode(
     max_height: int | None,
     chroma: bool,
     report: CorruptCallback,
+    before: Callable[[], Frame | None],
+    after: Callable[[], Frame | None],
 ) -> Iterator[Frame]:
-    """The ``wanted`` frames from ``packets`` (:func:`_packets_from`), with stand-ins for those that never come out."""
-    tb = index.time_base
+    """The ``wanted`` frames from ``packets`` (:func:`_packets_from`), with stand-ins for those that
+    never come out: the previous frame yielded, else ``before()`` (asked for once: the frame
+    before the ranges that decodes), else the next frame of the ranges that decodes, else
+    ``after()`` (the first after the ranges that decodes) when none of them does."""
+    tb, n = index.time_base, index.frames
     key_order = {int(t): k for k, t in enumerate(index.key_pts)}  # keyframe pts -> position in decode order
     # the keyframe frame w depends on is the last one (decode order) with pts <= pts[w]; a suffix
     # minimum makes that a binary search even if keyframe pts are not increasing
@@ -384,6 +472,15 @@ def _decode(
     previous: Frame | None = None
     errors: list[str] = []
     done = False
+    earlier: list[Frame | None] = []  # before(), once
+
+    def stand_in(fallback: Frame) -> Frame:
+        """What replaces frames that never came out: the previous one, the one before the range, the next."""
+        if previous is not None:
+            return previous
+        if not earlier:
+            earlier.append(before())
+        return earlier[0] or fallback
 
     def fill(upto: int, source: Frame) -> Iterator[Frame]:
         """Stand-ins for the wanted frames expected .. upto-1, which never came out of the decoder."""
@@ -393,7 +490,7 @@ def _decode(
         if parts:
             why = "; ".join(dict.fromkeys(errors)) or "no picture for this packet"
             for part in parts:
-                report(part, f"could not be decoded ({why}); replaced by a copy of frame {source.index}")
+                report(part, f"{_NOT_DECODED} ({why}); replaced by a copy of frame {source.index}")
             errors.clear()
         for i in (i for part in parts for i in part):
             yield Frame(
@@ -413,20 +510,23 @@ def _decode(
             if i is None:
                 if vf.pts is not None and vf.pts < int(index.pts[0]):
                     continue  # pre-roll the index does not count
-                i = expected
+                # displayed after the last indexed frame (a cut file's frames after a missing one): past the end
+                i = index.frames if vf.pts is not None and vf.pts > int(index.pts[-1]) else expected
             if i < expected:
                 continue  # decoded only as a reference for later frames (after a seek)
             if i > wanted.last:  # the last wanted frames never came out: stand in for them
                 yield from fill(
                     wanted.last + 1,
-                    previous or _to_frame(vf, i, int(index.pts[i]) * tb, max_height=max_height, chroma=chroma),
+                    stand_in(
+                        _to_frame(vf, i, int(index.pts[min(i, n - 1)]) * tb, max_height=max_height, chroma=chroma)
+                    ),
                 )
                 done = True
                 return
             if i not in wanted:
                 continue  # a reference between the wanted frames
             frame = _to_frame(vf, i, int(index.pts[i]) * tb, max_height=max_height, chroma=chroma)
-            yield from fill(i, previous or frame)
+            yield from fill(i, stand_in(frame))
             if vf.is_corrupt:
                 report(range(i, i + 1), "decoded with errors (concealed by the decoder)")
             yield frame
@@ -471,10 +571,13 @@ def _decode(
             break
     if done:
         return
-    if previous is None:
+    if previous is None and not earlier:
+        earlier.append(before())
+    source = previous or earlier[0] or after()
+    if source is None:
         raise PostprodError(
             path,
             f"no frame in {wanted.ranges[0].start}..{wanted.last} could be decoded"
             + (f" ({errors[-1]})" if errors else ""),
         )
-    yield from fill(wanted.last + 1, previous)
+    yield from fill(wanted.last + 1, source)

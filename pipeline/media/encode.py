@@ -18,14 +18,21 @@ Decisions:
   preview may be a .mov for that), an image sequence's audio goes into a sidecar MKA.
   Subtitle and data streams are not carried.
 - The output appears atomically (temporary name, renamed on success); on any error nothing
-  is left behind and an existing destination is untouched.
+  is left behind and an existing destination is untouched. What may be replaced is
+  :mod:`pipeline.files`' rule; everything about an output that is known before the first frame
+  (codec, suffix, frame size, audio, destination) is :func:`check_output`, which the writer
+  runs first and ``postprod run`` runs before any work.
+- An image sequence is a folder ``<name>/`` holding ``<name>.%06d.png|tif``, the sidecar
+  ``<name>.json`` (``pattern``, ``frames``, ``fps``, ``timecode``, ``audio``, ...) and, with
+  audio, ``<name>.mka``. The sidecar is also how ``--force`` recognises a sequence postprod
+  wrote (:func:`pipeline.files.sequence_files`).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,9 +49,9 @@ from av.video.stream import VideoStream
 
 from pipeline.color import change_depth, chroma_to_codes, rgb_from_luma_chroma
 from pipeline.errors import PostprodError
-from pipeline.files import atomic_output
+from pipeline.files import atomic_output, check_destination
 from pipeline.media.decode import iter_frames
-from pipeline.media.probe import ReelInfo, open_input, probe
+from pipeline.media.probe import AudioInfo, ReelInfo, open_input, probe
 
 # ReelInfo colour names -> H.273 code points for the encoder's tags.
 _RANGE_CODES = {"tv": 1, "pc": 2}
@@ -122,8 +129,58 @@ CODECS: dict[CodecName, CodecSpec] = {
 }
 
 
-def _suffix_ok(spec: CodecSpec, dest: Path) -> bool:
-    return dest.suffix.lower() in spec.suffixes
+_FILE_SUFFIXES = frozenset(
+    {".mov", ".mp4", ".mkv", ".mxf", ".avi", ".m4v", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dpx", ".exr"}
+)
+"""Suffixes that name a file: an image sequence (a folder) is not given one of them."""
+
+
+def check_output(
+    dest: Path,
+    codec: CodecName,
+    *,
+    width: int,
+    height: int,
+    bit_depth: int,
+    audio: Sequence[AudioInfo] = (),
+    force: bool = False,
+    inputs: Iterable[Path | None] = (),
+) -> None:
+    """Raise :class:`PostprodError` for anything that would stop a ``width`` x ``height`` reel of
+    ``bit_depth``-bit luma with ``audio`` from being written to ``dest`` in ``codec``: an unknown
+    codec, a suffix the codec does not take (an image sequence is a folder: no file suffix), a
+    frame size the encoder's chroma subsampling refuses (odd widths in ProRes 4:2:2, odd sizes
+    in H.264 4:2:0), an audio codec the container cannot carry without re-encoding, and what
+    :func:`pipeline.files.check_destination` refuses. Reads nothing but the destination's folder."""
+    dest = Path(dest)
+    if codec not in CODECS:
+        raise PostprodError(dest, f"unknown codec {codec!r} (choose from {', '.join(CODECS)})")
+    spec = CODECS[codec]
+    if spec.is_sequence:
+        if dest.suffix.lower() in _FILE_SUFFIXES:
+            raise PostprodError(
+                dest, f"{codec} output is an image-sequence folder; give a folder name, not a {dest.suffix} file"
+            )
+    elif dest.suffix.lower() not in spec.suffixes:
+        raise PostprodError(dest, f"{codec} output must be a {' or '.join(spec.suffixes)} file")
+    if not spec.is_sequence:
+        fmt = av.VideoFormat(spec.pix_fmt(bit_depth))
+        sub_x, sub_y = fmt.chroma_width(width) < width, fmt.chroma_height(height) < height
+        if (sub_x and width % 2) or (sub_y and height % 2):  # encoders refuse these
+            raise PostprodError(
+                dest,
+                f"{spec.name} ({fmt.name}) needs an even {'width' if sub_x and width % 2 else 'height'}, "
+                f"the reel is {width}x{height}; use --codec ffv1",
+            )
+    if dest.suffix.lower() == ".mp4":
+        for a in audio:
+            if a.codec not in _MP4_AUDIO:
+                raise PostprodError(
+                    dest,
+                    f"audio stream #{a.index} ({a.codec}) cannot be carried in "
+                    ".mp4 without re-encoding; write a .mov instead",
+                )
+    check_destination(dest, force=force, inputs=inputs, kind="sequence" if spec.is_sequence else "file")
 
 
 def _writable_plane(frame: av.VideoFrame, i: int, dtype: np.dtype) -> np.ndarray:
@@ -151,15 +208,32 @@ class ReelWriter:
     :class:`~pipeline.media.decode.Frame` gives them), ``chroma`` (2, H, W) float32 Cb, Cr in
     [-0.5, 0.5] or None for neutral grey. On a clean exit the encoder is flushed, the rest of
     the audio is muxed and the output renamed into place; on an exception nothing is left.
-    Raises :class:`PostprodError` for an unusable destination (exists without ``force``,
-    missing folder, wrong suffix), an audio codec the container cannot hold, or no frames.
+    Raises :class:`PostprodError` for what :func:`check_output` refuses (before anything is
+    written) or no frames; ``ValueError`` for a frame of the wrong size or non-finite chroma.
+    ``inputs``: the command's other inputs (the reel is one already), never to be replaced.
     """
 
     def __init__(
-        self, dest: Path, source: ReelInfo, codec: CodecName, *, force: bool = False, copy_audio: bool = True
+        self,
+        dest: Path,
+        source: ReelInfo,
+        codec: CodecName,
+        *,
+        force: bool = False,
+        copy_audio: bool = True,
+        inputs: Iterable[Path | None] = (),
     ) -> None:
-        if codec not in CODECS:
-            raise PostprodError(dest, f"unknown codec {codec!r} (choose from {', '.join(CODECS)})")
+        self.inputs = (source.path, *inputs)
+        check_output(
+            dest,
+            codec,
+            width=source.width,
+            height=source.height,
+            bit_depth=source.bit_depth,
+            audio=source.audio if copy_audio else (),
+            force=force,
+            inputs=self.inputs,
+        )
         self.dest = Path(dest)
         self.source = source
         self.spec = CODECS[codec]
@@ -177,8 +251,6 @@ class ReelWriter:
         self._audio_map: dict[int, av.stream.Stream] = {}
         self._audio_shift: dict[int, int] = {}
         self._pending: Packet | None = None
-        if not self.spec.is_sequence and not _suffix_ok(self.spec, self.dest):
-            raise PostprodError(self.dest, f"{codec} output must be a {' or '.join(self.spec.suffixes)} file")
 
     # --- setup --------------------------------------------------------------------------
 
@@ -192,8 +264,6 @@ class ReelWriter:
 
     def _open(self) -> None:
         src = self.source
-        if self.copy_audio:
-            self._check_audio()
         if src.vfr:
             warnings.warn(
                 f"{src.path}: variable frame rate; writing {src.frames} frames at the constant "
@@ -202,7 +272,9 @@ class ReelWriter:
                 stacklevel=3,
             )
         self._tmp = self._stack.enter_context(
-            atomic_output(self.dest, force=self.force, is_dir=self.spec.is_sequence, sources=(src.path,))
+            atomic_output(
+                self.dest, force=self.force, kind="sequence" if self.spec.is_sequence else "file", inputs=self.inputs
+            )
         )
         if self.spec.is_sequence:
             self._images = self._image_encoder()
@@ -220,14 +292,6 @@ class ReelWriter:
 
     def _add_video(self, out: OutputContainer) -> VideoStream:
         src = self.source
-        fmt = av.VideoFormat(self.spec.pix_fmt(src.bit_depth))
-        sub_x, sub_y = fmt.chroma_width(src.width) < src.width, fmt.chroma_height(src.height) < src.height
-        if (sub_x and src.width % 2) or (sub_y and src.height % 2):  # encoders refuse these
-            raise PostprodError(
-                self.dest,
-                f"{self.spec.name} ({fmt.name}) needs an even width and height, "
-                f"the reel is {src.width}x{src.height}; use --codec ffv1",
-            )
         stream = out.add_stream(self.spec.encoder, rate=self.fps, options=dict(self.spec.options))
         assert isinstance(stream, VideoStream), f"{self.spec.encoder} is not a video encoder"
         stream.width, stream.height = src.width, src.height
@@ -256,18 +320,6 @@ class ReelWriter:
         ctx.time_base = 1 / self.fps
         ctx.options = dict(self.spec.options)
         return ctx
-
-    def _check_audio(self) -> None:
-        """Fail before writing anything if the container cannot carry an audio stream as is."""
-        if self.dest.suffix.lower() != ".mp4":
-            return
-        for a in self.source.audio:
-            if a.codec not in _MP4_AUDIO:
-                raise PostprodError(
-                    self.dest,
-                    f"audio stream #{a.index} ({a.codec}) cannot be carried in "
-                    ".mp4 without re-encoding; write a .mov instead",
-                )
 
     def _add_audio(self, out: OutputContainer) -> None:
         """Streams for the source's audio, copied from templates; demuxing starts lazily."""
@@ -302,6 +354,8 @@ class ReelWriter:
         if luma.shape != (src.height, src.width):
             raise ValueError(f"luma must be ({src.height}, {src.width}), got {luma.shape}")
         i = self.frames_written
+        if chroma is not None and not np.isfinite(chroma).all():  # NaN would be encoded as a colour
+            raise ValueError(f"{self.dest}: frame {i}: chroma has non-finite values (NaN or inf); not written")
         if self.spec.is_sequence:
             self._write_image(i, luma, chroma)
         else:

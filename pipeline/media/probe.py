@@ -336,7 +336,9 @@ def scan_packets(path: Path) -> PacketIndex:
 
     Packets the demuxer marks as discarded (edit-list pre-roll) are not displayed frames and
     are left out. A demux error before the end of the file (a cut file) stops the scan;
-    what was read is kept and the error is recorded in ``demux_error``.
+    what was read is kept and the error is recorded in ``demux_error``. In a file cut short
+    (an error, or fewer packets than the header declares), frames displayed after a missing
+    one are left out (:func:`_displayed_after_a_gap`).
     """
     with open_input(path) as container:
         stream = video_stream(container, path)
@@ -364,20 +366,56 @@ def scan_packets(path: Path) -> PacketIndex:
             error = f"demuxing stopped after {len(pts)} video packets: {err.strerror}"
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         sorted_pts = np.asarray(pts, dtype=np.int64)[order]
-        last_duration = int(durations[order[-1]]) if pts else 0
-        if not last_duration and len(pts) > 1:
-            last_duration = int(np.median(np.diff(sorted_pts)))
         tb = Fraction(stream.time_base)
-        span = (int(sorted_pts[-1] - sorted_pts[0]) + last_duration) * tb if pts else Fraction(0)
+
+        def span_of(n: int) -> tuple[int, Fraction]:
+            """(last frame's duration in ticks, seconds covered) of the first ``n`` displayed frames."""
+            last = int(durations[order[n - 1]]) if n else 0
+            if not last and n > 1:
+                last = int(np.median(np.diff(sorted_pts[:n])))
+            return last, ((int(sorted_pts[n - 1] - sorted_pts[0]) + last) * tb if n else Fraction(0))
+
+        n = len(pts)
+        last_duration, span = span_of(n)
+        declared = _declared_frames(stream, n, span)
+        if error is not None or declared > n:  # cut short: drop the frames displayed after a missing one
+            n -= _displayed_after_a_gap(sorted_pts)
+            last_duration, _ = span_of(n)
+        kept = sorted_pts[:n]
+        present = [k for k in keys if n and k[0] <= int(kept[-1])]
         return PacketIndex(
             time_base=tb,
-            pts=sorted_pts,
-            key_pts=np.asarray([k[0] for k in keys], dtype=np.int64),
-            key_dts=np.asarray([k[1] for k in keys], dtype=np.int64),
+            pts=kept,
+            key_pts=np.asarray([k[0] for k in present], dtype=np.int64),
+            key_dts=np.asarray([k[1] for k in present], dtype=np.int64),
             last_duration=last_duration,
-            declared_frames=_declared_frames(stream, len(pts), span),
+            declared_frames=declared,
             demux_error=error,
         )
+
+
+MAX_REORDER = 16
+"""The most frames a decoder holds back for reordering (the H.264/HEVC picture buffer): how far
+before a cut end a frame can be missing while later-displayed ones were delivered."""
+
+
+def _displayed_after_a_gap(sorted_pts: np.ndarray) -> int:
+    """How many of the last displayed frames of a stream cut short come after a missing frame.
+
+    A file cut inside its packets keeps the reference frames sent before the B-frames displayed
+    ahead of them: their timestamps leave a gap (a step above 1.5 times the median step) among
+    the last :data:`MAX_REORDER` frames. Those frames cannot be numbered (the missing ones
+    before them are unknown), so they are dropped; what is left has no gap, and a
+    constant-rate reel stays constant-rate.
+    """
+    if sorted_pts.shape[0] < 3:
+        return 0
+    steps = np.diff(sorted_pts)
+    tail = steps[-MAX_REORDER:]
+    gaps = np.nonzero(tail > 1.5 * np.median(steps))[0]
+    if not gaps.size:
+        return 0
+    return int(tail.shape[0] - gaps[0])
 
 
 def _declared_frames(stream: VideoStream, frames: int, span: Fraction) -> int:
@@ -463,6 +501,55 @@ def _normalise_rotation(degrees: float) -> int:
     return r - 360 if r > 180 else r
 
 
+def _audio_streams(container: InputContainer) -> tuple[AudioInfo, ...]:
+    return tuple(
+        AudioInfo(
+            index=s.index,
+            codec=s.codec_context.name,
+            sample_rate=s.codec_context.sample_rate,
+            channels=s.codec_context.channels,
+            layout=s.codec_context.layout.name,
+        )
+        for s in container.streams.audio
+        if s.codec_context is not None
+    )
+
+
+@dataclass(frozen=True)
+class ReelHeader:
+    """What a reel's container header says, read without demuxing a packet: for the checks made
+    before any work (:func:`pipeline.run.check_run_inputs`). Fields as in :class:`ReelInfo`."""
+
+    path: Path
+    container: str
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    audio: tuple[AudioInfo, ...] = ()
+
+
+def probe_header(path: Path) -> ReelHeader:
+    """Open ``path`` and read its video stream's parameters and its audio streams from the
+    header (milliseconds, whatever the reel's length). Raises :class:`PostprodError` as
+    :func:`open_input` and :func:`video_stream` do."""
+    path = Path(path)
+    with open_input(path) as container:
+        stream = video_stream(container, path)
+        ctx = stream.codec_context
+        return ReelHeader(
+            path=path,
+            container=container.format.name,
+            codec=ctx.name,
+            width=ctx.width,
+            height=ctx.height,
+            pix_fmt=ctx.pix_fmt or "unknown",
+            bit_depth=luma_depth(ctx.pix_fmt) if ctx.pix_fmt else 8,
+            audio=_audio_streams(container),
+        )
+
+
 def probe(path: Path) -> ReelInfo:
     """Measure ``path``: see :class:`ReelInfo`. Raises :class:`PostprodError` for a missing file,
     a file that is not a video, a reel without video stream or without frames."""
@@ -478,17 +565,7 @@ def probe(path: Path) -> ReelInfo:
         nominal = stream.guessed_rate or stream.average_rate
         fps, vfr = frame_rate(index, Fraction(nominal) if nominal else None)
         timecode = _find_timecode(container, stream)
-        audio = tuple(
-            AudioInfo(
-                index=s.index,
-                codec=s.codec_context.name,
-                sample_rate=s.codec_context.sample_rate,
-                channels=s.codec_context.channels,
-                layout=s.codec_context.layout.name,
-            )
-            for s in container.streams.audio
-            if s.codec_context is not None
-        )
+        audio = _audio_streams(container)
         props = _first_frame_props(container, stream)
         rotation = props.get("rotation") or 0
         if not rotation and "rotate" in stream.metadata:  # old-style tag: clockwise degrees

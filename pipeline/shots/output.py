@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import PostprodError
@@ -29,16 +30,17 @@ def timecode(result: ShotList, frame: int) -> str:
     return frames_to_timecode(frame, result.fps)
 
 
-def write_json(result: ShotList, path: Path, *, force: bool = False) -> None:
-    """Write ``result.to_dict()`` as indented JSON."""
-    with atomic_output(Path(path), force=force, sources=(result.reel,)) as tmp:
+def write_json(result: ShotList, path: Path, *, force: bool = False, inputs: Iterable[Path | None] = ()) -> None:
+    """Write ``result.to_dict()`` as indented JSON. ``inputs``: the command's inputs besides the
+    reel, never replaced (:mod:`pipeline.files`); the same for every writer here."""
+    with atomic_output(Path(path), force=force, inputs=(result.reel, *inputs)) as tmp:
         tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-def write_csv(result: ShotList, path: Path, *, force: bool = False) -> None:
+def write_csv(result: ShotList, path: Path, *, force: bool = False, inputs: Iterable[Path | None] = ()) -> None:
     """Write one row per shot: index,start,end,frames,start_tc,end_tc (end and end_tc exclusive)."""
     with (
-        atomic_output(Path(path), force=force, sources=(result.reel,)) as tmp,
+        atomic_output(Path(path), force=force, inputs=(result.reel, *inputs)) as tmp,
         tmp.open("w", newline="", encoding="utf-8") as f,
     ):
         writer = csv.writer(f)
@@ -71,8 +73,8 @@ def edl_text(result: ShotList) -> str:
     return "\n".join(lines)
 
 
-def write_edl(result: ShotList, path: Path, *, force: bool = False) -> None:
+def write_edl(result: ShotList, path: Path, *, force: bool = False, inputs: Iterable[Path | None] = ()) -> None:
     """Write :func:`edl_text` to ``path``."""
     text = edl_text(result)  # before opening the output: a too-long list leaves nothing behind
-    with atomic_output(Path(path), force=force, sources=(result.reel,)) as tmp:
+    with atomic_output(Path(path), force=force, inputs=(result.reel, *inputs)) as tmp:
         tmp.write_text(text, encoding="utf-8")
