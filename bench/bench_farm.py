@@ -7,7 +7,7 @@ A generated reel of ``--shots`` hard-cut shots (``pipeline.media.synth.write_cut
 ``gpu`` pool and the deployments of prefect.yaml, ``--workers`` shot workers (one shot at a
 time each) and a reels worker; the reel is one ``colorize-reel`` deployment run whose shots are
 ``colorize-shot`` runs. The colour work is the real code at the smallest working size (64 px),
-so it is small and orchestration dominates.
+as small as the real code makes it (its per-shot fixed cost remains: seconds on a CPU).
 
 Measured: wall time from submission to the reel's completion; colour seconds (each shot's
 :class:`flows.shot.ShotOutcome` ``seconds``); **orchestration seconds per shot** = (workers x
@@ -18,7 +18,7 @@ the wall time of 2,000 shots on the same farm (fixed part + per-shot rate) and i
 orchestration hours. Checked: one completed ``colorize-shot`` run per shot, one outcome per
 shot computed once (not reused), one segment per shot, all frames in the output.
 
-    python -m bench.bench_farm [--shots 300] [--length 10] [--workers 2] [--backend postgresql]
+    python -m bench.bench_farm [--shots 300] [--length 10] [--workers 2] [--backend postgresql] [--shots-per-run N]
 
 Prints a Markdown row for docs/operators.md and writes bench/results/farm.json.
 """
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--extrapolate", type=int, default=2000, help="shots to extrapolate to")
+    parser.add_argument(
+        "--shots-per-run", type=int, default=None, help="colorize-reel's shots_per_run (default: its own choice)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "farm.json")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
@@ -100,6 +103,7 @@ def main() -> None:
                 "out": str(out),
                 "workdir": str(workdir),
                 "settings": {"codec": "ffv1", "device": "cpu", "missing": "nearest", "work_size": 64},
+                "shots_per_run": args.shots_per_run,
             }
             started = time.time()
             reel_run = farm.api(
