@@ -1,7 +1,9 @@
 """What operators see of a reel's run in the Prefect UI (Artifacts page, and the flow run's page).
 
-Per run: a progress artifact updated as shots finish, a Markdown report (shots, their refs and
-keyframes, time, failures, the contact sheet) and a table of shots. Keys are
+Per run: a progress artifact updated as shots finish (shots done / total, frames/s, ETA), a
+Markdown report one page long whatever the reel (summary, failures, shots rerun after a lost
+worker, shots per worker, the contact sheet; the shots themselves for short reels) and a table
+of shots (every shot: refs, keyframes, status, seconds, working size, worker, flow runs). Keys are
 ``<reel-slug>-progress|report|shots`` (lowercase letters, digits and dashes, as Prefect requires),
 so the Artifacts page keeps each reel's history under one key.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +74,9 @@ def _status(outcome: ShotOutcome | None, failure: str | None) -> str:
 
 
 def shot_rows(plan: Plan, outcomes: Mapping[int, ShotOutcome], failures: Mapping[int, str]) -> list[dict[str, Any]]:
-    """One row per shot: frames (end exclusive), timecode in, refs, keyframes, status, seconds,
-    working size (px), worker (host:pid) and error."""
+    """One row per shot: frames (end exclusive), timecode in, refs, keyframes, status, the
+    outcome's cells (:meth:`flows.shot.ShotOutcome.row`: seconds, working size, worker, flow
+    runs; empty for a shot without outcome) and error."""
     rows = []
     for shot in plan.shots:
         done = outcomes.get(shot.index)
@@ -85,19 +89,27 @@ def shot_rows(plan: Plan, outcomes: Mapping[int, ShotOutcome], failures: Mapping
                 "refs": _refs(shot),
                 "keyframes": ", ".join(f"{k.frame} ({k.kind}, {k.how})" for k in shot.keyframes) or "-",
                 "status": _status(done, failures.get(shot.index)),
-                "seconds": None if done is None else done.seconds,
-                "work px": None if done is None else done.work_size,
-                "worker": None if done is None else f"{done.host}:{done.pid}",
+                **(dict.fromkeys(ShotOutcome.COLUMNS) if done is None else done.row()),
                 "error": failures.get(shot.index, ""),
             }
         )
     return rows
 
 
+MARKDOWN_SHOTS = 30
+"""Reels with at most this many shots list them in the Markdown report too; longer ones only in
+the shots table artifact (sortable, paginated by the UI)."""
+MARKDOWN_LINES = 20
+"""At most this many failed or rerun shots are listed one per line in the report."""
+SHOT_COLUMNS = ("shot", "frames", "tc in", "source", "refs", "keyframes", "status", *ShotOutcome.COLUMNS)
+"""Columns of the report's Markdown shots table (the table artifact has every column)."""
+
+
 @dataclass(frozen=True)
 class Report:
     """A finished (or stopped) run as the Markdown report shows it. ``out``: the output, None
-    when it was not written; ``sheet``: link to the contact sheet, None when there is none."""
+    when it was not written; ``sheet``: link to the contact sheet, None when there is none;
+    ``frames``: frames of the reel."""
 
     reel: Path
     out: Path | None
@@ -105,42 +117,79 @@ class Report:
     seconds: float
     rows: list[dict[str, Any]]
     sheet: str | None
+    frames: int = 0
+
+
+def _capped(lines: list[str], what: str, table_key: str) -> list[str]:
+    extra = len(lines) - MARKDOWN_LINES
+    more = [f"- ... and {extra} more {what}: see the table `{table_key}`"] if extra > 0 else []
+    return lines[:MARKDOWN_LINES] + more
+
+
+def _table(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> list[str]:
+    cell = lambda v: "" if v is None else str(v).replace("|", "/")  # noqa: E731
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+        *("| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows),
+    ]
+
+
+def worker_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per worker (as the shots table names it): shots it coloured and their seconds, in total."""
+    by: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("worker") is None:
+            continue
+        w = by.setdefault(r["worker"], {"worker": r["worker"], "shots": 0, "seconds": 0.0})
+        w["shots"] += 1
+        w["seconds"] = round(w["seconds"] + (r.get("seconds") or 0.0), 1)
+    return sorted(by.values(), key=lambda w: w["worker"])
 
 
 def report_markdown(report: Report) -> str:
-    """The run's Markdown report: summary, failures, contact sheet link and the shots table."""
+    """The run's Markdown report, a page long whatever the reel: summary, failed shots, shots
+    rerun after a lost worker, shots per worker, contact sheet link, and the shots table for
+    reels of at most :data:`MARKDOWN_SHOTS` shots (longer ones: the table artifact)."""
+    table_key = artifact_key(report.reel, "shots")
     failed = [r for r in report.rows if r["status"] == "failed"]
+    rerun = [r for r in report.rows if (r.get("runs") or 1) > 1]
     counts: dict[str, int] = {}
     for r in report.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    rate = f" ({report.frames / report.seconds:.1f} frames/s)" if report.frames and report.seconds > 0 else ""
     lines = [
         f"# {report.reel.name}",
         "",
         f"- reel: `{report.reel}`",
         f"- output: `{report.out}`" if report.out else "- output: **not written** (shots failed)",
         f"- work folder: `{report.workdir}`",
-        f"- time: {report.seconds:.1f} s",
-        "- shots: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        f"- time: {report.seconds:.1f} s{rate}",
+        f"- shots: {len(report.rows)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         "",
     ]
     if failed:
         lines += [
             "## Failed shots",
             "",
-            *(f"- shot {r['shot']} (frames {r['frames']}): {r['error']}" for r in failed),
+            *_capped([f"- shot {r['shot']} (frames {r['frames']}): {r['error']}" for r in failed], "failed", table_key),
             "",
             "Rerun the same command (or the same deployment parameters): finished shots are "
             "reused, only these are redone.",
             "",
         ]
+    if rerun:
+        rerun_lines = [f"- shot {r['shot']}: {r['runs']} flow runs, coloured by {r['worker']}" for r in rerun]
+        lines += ["## Shots rerun after a lost worker", "", *_capped(rerun_lines, "rerun", table_key), ""]
+    workers = worker_rows(report.rows)
+    if len(workers) > 1:
+        lines += ["## Workers", "", *_table(("worker", "shots", "seconds"), workers), ""]
     if report.sheet:
         lines += [f"[Contact sheet: first keyframe of each shot, before / after]({report.sheet})", ""]
-    columns = ["shot", "frames", "tc in", "source", "refs", "keyframes", "status", "seconds", "work px", "worker"]
-    lines += ["## Shots", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += [
-        "| " + " | ".join("" if r[c] is None else str(r[c]).replace("|", "/") for c in columns) + " |"
-        for r in report.rows
-    ]
+    if len(report.rows) <= MARKDOWN_SHOTS:
+        lines += ["## Shots", "", *_table(SHOT_COLUMNS, report.rows)]
+    else:
+        lines += [f"Every shot (refs, keyframes, status, time, worker): the table artifact `{table_key}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -158,22 +207,55 @@ def publish_report(report: Report) -> None:
         )
 
 
-class ShotProgress:
-    """The run's progress artifact (percent of shots finished, failed ones included)."""
+def progress_line(done: int, total: int, frames_done: int, frames_total: int, seconds: float) -> str:
+    """``"12/300 shots, 41.3 frames/s, ETA 6 min"``: shots finished (failed ones included) of all,
+    the frames coloured per second of wall time so far, and the time the remaining frames take at
+    that rate (``ETA -`` before the first frames are done)."""
+    rate = frames_done / seconds if seconds > 0 and frames_done else 0.0
+    left = max(frames_total - frames_done, 0)
+    if done >= total:
+        eta = "done"
+    elif rate <= 0:
+        eta = "ETA -"
+    else:
+        s = left / rate
+        eta = f"ETA {s:.0f} s" if s < 90 else f"ETA {s / 60:.0f} min" if s < 5400 else f"ETA {s / 3600:.1f} h"
+    return f"{done}/{total} shots, {rate:.1f} frames/s, {eta}"
 
-    def __init__(self, reel: Path, total: int) -> None:
+
+class ShotProgress:
+    """The run's one progress artifact: percent of shots finished (failed ones included), its
+    description :func:`progress_line` (shots done / total, frames/s, ETA). Updated as shots
+    finish, at most every ``every`` seconds (and always for the last shot), so a long reel does
+    not write an update per shot."""
+
+    def __init__(self, reel: Path, total: int, frames: int = 0, every: float = 2.0) -> None:
         self.total, self.done = max(total, 1), 0
+        self.frames_total, self.frames_done = frames, 0
+        self.every = every
+        self.started = time.monotonic()
+        self.updated = float("-inf")
+        self.name = Path(reel).name
         # called from sync code: Prefect's sync/async function returns the value itself
         self.id = cast(
             UUID,
             create_progress_artifact(
-                0.0, key=artifact_key(reel, "progress"), description=f"shots of {Path(reel).name} finished"
+                0.0, key=artifact_key(reel, "progress"), description=f"{self.name}: {self.line()}"
             ),
         )
 
-    def advance(self, n: int = 1) -> float:
-        """Count ``n`` more shots finished; returns the new percentage."""
+    def line(self) -> str:
+        return progress_line(
+            self.done, self.total, self.frames_done, self.frames_total, time.monotonic() - self.started
+        )
+
+    def advance(self, n: int = 1, frames: int = 0) -> float:
+        """Count ``n`` more shots finished, ``frames`` more frames coloured; returns the new percentage."""
         self.done += n
-        percent = round(100.0 * self.done / self.total, 1)
-        update_progress_artifact(self.id, percent)
+        self.frames_done += frames
+        percent = round(100.0 * min(self.done, self.total) / self.total, 1)
+        now = time.monotonic()
+        if self.done >= self.total or now - self.updated >= self.every:
+            update_progress_artifact(self.id, percent, description=f"{self.name}: {self.line()}")
+            self.updated = now
         return percent

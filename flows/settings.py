@@ -37,6 +37,10 @@ CONSOLE_LEVEL_VARS = ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE
 """Either one set by the user means: leave Prefect's console logging as configured."""
 GPU_LIMIT = "gpu"
 """Name of the global concurrency limit held around the model work of one shot."""
+GPU_LEASE_SECONDS = 60.0
+"""Lease of a held ``gpu`` slot (the shortest the server accepts): renewed every 45 s while the
+shot computes, so the slot of a process that died comes back at most this long after its last
+renewal (plus the server's repossessor loop, 15 s)."""
 
 
 def apply_server_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -190,7 +194,7 @@ def gpu_slots(occupy: int) -> Iterator[None]:
         return
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(GPU_LIMIT, occupy=occupy, strict=True):
+    with concurrency(GPU_LIMIT, occupy=occupy, strict=True, lease_duration=GPU_LEASE_SECONDS):
         yield
 
 

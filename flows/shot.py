@@ -1,5 +1,5 @@
-"""One shot: the cached, GPU-slotted ``colorize-shot`` task, and the ``colorize-shot`` flow a farm
-runs once per shot (``run_deployment`` from :func:`flows.reel.colorize_reel`).
+"""Shots: the cached, GPU-slotted ``colorize-shot`` task, and the ``colorize-shot`` flow a farm
+runs for a batch of shots (``run_deployment`` from :func:`flows.reel.colorize_reel`).
 
 Caching. The shot's segment file (``pipeline.workdir.segment_path``: a content key in its name) is
 the durable cache; Prefect's cache agrees with it: the task's cache key is
@@ -8,8 +8,8 @@ segments, so every worker sharing the work folder shares them. A cached result i
 while its segment exists: :func:`shot_task` refreshes the cache of a shot whose segment is gone.
 
 GPU slots. The ``gpu`` global concurrency limit counts the GPUs in use among everything that
-shares the Prefect server. A shot run as its own flow run (a farm) holds one slot while it
-computes; a reel whose shots run in its own process holds that machine's slots for all its
+shares the Prefect server. A shot run in a ``colorize-shot`` flow run (a farm) holds one slot
+while it computes; a reel whose shots run in its own process holds that machine's slots for all its
 shots instead (:func:`flows.reel.colorize_reel`): on a SQLite server every acquisition races the
 server's other writes and is retried ~2 s later (Prefect issue #18934), once per reel is cheap.
 Runs on the embedded server take no slots (see :func:`flows.settings.gpu_slots`).
@@ -27,9 +27,9 @@ import os
 import socket
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.states import State
@@ -58,7 +58,13 @@ class ShotOutcome:
     ``work_size``: working resolution used (px; lower than requested after out-of-memory).
     ``seconds``: wall time of the computation. ``reused``: the segment was already on disk.
     ``host``/``pid``/``ppid``: the process that computed it (``ppid``: its worker, on a farm).
-    ``cached``: Prefect answered from its cache (the task did not run this time)."""
+    ``cached``: Prefect answered from its cache (the task did not run this time).
+    ``worker``: the Prefect worker whose flow run computed it (farm; None in the reel's own
+    process). ``runs``: flow runs it took (more than 1 when a worker was lost with it).
+
+    Every field after ``ppid`` has a default, so outcomes written before a field existed still
+    load (:meth:`from_dict` also ignores fields it does not know); a new optional per-shot
+    figure is one more such field and one more cell in :meth:`row`."""
 
     index: int
     key: str
@@ -70,13 +76,25 @@ class ShotOutcome:
     pid: int
     ppid: int
     cached: bool = False
+    worker: str | None = None
+    runs: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShotOutcome:
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("seconds", "work px", "worker", "runs")
+    """The shots table's columns that come from the outcome, in :meth:`row`'s order."""
+
+    def row(self) -> dict[str, Any]:
+        """This outcome's cells of the shots table (:data:`COLUMNS`): seconds, working size
+        (px), worker (Prefect worker name, else host:pid) and flow runs."""
+        cells = (self.seconds, self.work_size, self.worker or f"{self.host}:{self.pid}", self.runs)
+        return dict(zip(self.COLUMNS, cells, strict=True))
 
     def segment_file(self, workdir: Path) -> Path | None:
         """The segment's absolute path under ``workdir`` (None for a grey shot)."""
@@ -222,22 +240,40 @@ def outcome_of(state: State) -> ShotOutcome:
     return replace(ShotOutcome.from_dict(state.result()), cached=state.name == "Cached")
 
 
+def one_line(err: BaseException | str) -> str:
+    """The first line of an error (``Type: message``) or of a text."""
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return (text.strip().splitlines() or [""])[0]
+
+
 @flow(name="colorize-shot")
 def colorize_shot_flow(
-    plan_path: Path, shot_index: int, workdir: Path, settings: RunSettings = RunSettings()
-) -> dict[str, Any]:
-    """One shot as its own flow run, for farms: N GPU workers pull shots from the ``gpu`` pool.
-    The plan and work folder must be on storage all workers share (same path everywhere).
-    Leaves the :class:`ShotOutcome` in ``workdir/outcomes/`` for the reel's flow."""
+    plan_path: Path, shots: list[int], workdir: Path, settings: RunSettings = RunSettings()
+) -> list[dict[str, Any]]:
+    """Shots ``shots`` of the plan, in order, as one flow run: a farm's unit of work, N GPU
+    workers pulling them from the ``gpu`` pool. Several shots per run pay the start of one
+    flow-run process (Prefect, torch and the pipeline imported, the API calls of a flow run)
+    for all of them. Each shot is its own cached task run holding one GPU slot while it
+    computes, and leaves its :class:`ShotOutcome` in ``workdir/outcomes/`` as soon as it is done,
+    so a run lost halfway keeps the shots it finished. A failed shot does not stop the others;
+    the run then fails, naming the failed shots. The plan and work folder must be on storage all
+    workers share (same path everywhere)."""
     ensure_gpu_limit()
     plan_path, workdir = Path(plan_path), Path(workdir)
-    # called from sync code: the task returns its final State itself
-    state = cast(
-        State,
-        shot_task(plan_path, shot_index, workdir, settings)(
-            plan_path, shot_index, workdir, settings, return_state=True
-        ),
-    )
-    outcome = outcome_of(state)
-    write_outcome(workdir, outcome)
-    return outcome.to_dict()
+    done: list[dict[str, Any]] = []
+    failures: dict[int, str] = {}
+    for i in shots:
+        # called from sync code: the task returns its final State itself
+        state = cast(
+            State, shot_task(plan_path, i, workdir, settings)(plan_path, i, workdir, settings, return_state=True)
+        )
+        try:
+            outcome = outcome_of(state)
+        except Exception as err:  # the shot's own error, after its retries: the other shots go on
+            failures[i] = one_line(err)
+            continue
+        write_outcome(workdir, outcome)
+        done.append(outcome.to_dict())
+    if failures:
+        raise PostprodError(workdir, "; ".join(f"shot {i}: {e}" for i, e in failures.items()))
+    return done

@@ -188,6 +188,16 @@ def audio_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- Prefect (flows tests): settings Prefect reads once, at its first import -----------------
 import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server (SQLite in a temp PREFECT_HOME) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=600):
+        yield

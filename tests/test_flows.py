@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -67,15 +67,6 @@ def cut_reel(tmp_path: Path) -> SimpleNamespace:
 
 
 # --- Prefect and fake colour stages ---------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A temporary Prefect server (SQLite in a temp PREFECT_HOME) for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=600):
-        yield
 
 
 class FakeStages:
@@ -456,109 +447,6 @@ def test_quiet_console_hides_info_and_tracebacks_then_restores() -> None:
         assert shown(info)
 
 
-# --- ingest -------------------------------------------------------------------------------------
-
-
-def _touch_old(*paths: Path) -> None:
-    old = time.time() - 3600
-    for p in paths:
-        for q in [p, *(p.rglob("*") if p.is_dir() else [])]:
-            os.utime(q, (old, old))
-
-
-def test_scan_ingest_convention(tmp_path: Path) -> None:
-    from flows.ingest import scan_ingest
-
-    for name in ("a.mov", "b.MKV", ".c.mov", "notes.txt", "fresh.mp4"):
-        (tmp_path / name).write_bytes(b"x")
-    write_shot_refs(tmp_path / "a.refs", (0,))
-    (tmp_path / "out").mkdir()
-    _touch_old(*(p for p in tmp_path.iterdir() if p.name != "fresh.mp4"))
-    items = scan_ingest(tmp_path, settle_seconds=60)
-    assert [(i.name, i.refs) for i in items] == [("a", tmp_path / "a.refs"), ("b", None)]
-    (tmp_path / "a.refs" / "shot-1.png").write_bytes(b"still copying")
-    assert [i.name for i in scan_ingest(tmp_path, settle_seconds=60)] == ["b"]
-
-
-def test_reel_status() -> None:
-    from prefect.client.schemas.objects import StateType
-
-    from flows.ingest import reel_status
-
-    runs = lambda *types: [SimpleNamespace(state_type=t) for t in types]  # noqa: E731
-    missing = Path("/nonexistent/out.mov")
-    assert reel_status(missing, [], 3) == "new"
-    assert reel_status(missing, runs(StateType.FAILED, StateType.CRASHED), 3) == "new"
-    assert reel_status(missing, runs(StateType.FAILED, StateType.RUNNING), 3) == "in progress"
-    assert reel_status(missing, runs(StateType.SCHEDULED), 3) == "in progress"
-    assert reel_status(missing, runs(StateType.FAILED, StateType.COMPLETED), 3) == "done"
-    assert reel_status(missing, runs(*[StateType.FAILED] * 3), 3) == "gave up"
-    assert reel_status(Path(__file__), [], 3) == "done"
-
-
-def test_reel_runs_are_the_tagged_runs_of_the_deployment(prefect_api: None) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-
-    from flows.ingest import reel_runs
-    from flows.reel import colorize_reel
-
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow(colorize_reel)
-        deployment = client.create_deployment(
-            flow_id=flow_id, name="ingest-test", entrypoint="flows/reel.py:colorize_reel"
-        )
-        other = client.create_deployment(
-            flow_id=flow_id, name="ingest-test-other", entrypoint="flows/reel.py:colorize_reel"
-        )
-        mine = client.create_flow_run_from_deployment(deployment, tags=["reel:abc"])
-        client.create_flow_run_from_deployment(deployment, tags=["reel:abcd"])
-        client.create_flow_run_from_deployment(other, tags=["reel:abc"])
-    runs = reel_runs(Path("/x/abc.mov"), "colorize-reel/ingest-test")
-    assert [r.id for r in runs] == [mine.id] and runs[0].state_type == StateType.SCHEDULED
-
-
-def test_ingest_submits_one_run_per_new_reel(
-    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from prefect.client.schemas.objects import StateType
-
-    import flows.ingest
-
-    write_cut_reel(tmp_path / "a.mkv", shots=1)
-    write_shot_refs(tmp_path / "a.refs", (0,))
-    write_cut_reel(tmp_path / "b.mkv", shots=1, seed=8)  # no refs: waits
-    write_cut_reel(tmp_path / "c.mkv", shots=1, seed=9)
-    write_shot_refs(tmp_path / "c.refs", (0,))
-    write_cut_reel(tmp_path / "d.mkv", shots=1, seed=10)
-    write_shot_refs(tmp_path / "d.refs", (0,))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "c.mov").write_bytes(b"done")
-    _touch_old(*tmp_path.iterdir())
-    submitted = []
-    monkeypatch.setattr(
-        flows.ingest,
-        "run_deployment",
-        lambda name, **kw: submitted.append((name, kw)) or SimpleNamespace(name=kw["flow_run_name"]),
-    )
-    monkeypatch.setattr(
-        flows.ingest,
-        "reel_runs",
-        lambda reel, deployment: [SimpleNamespace(state_type=StateType.RUNNING)] if reel.stem == "d" else [],
-    )
-    names = flows.ingest.ingest(tmp_path, settle_seconds=60)
-    assert names == ["a"]
-    ((name, kw),) = submitted
-    assert name == "colorize-reel/colorize-reel" and kw["tags"] == ["reel:a"] and kw["flow_run_name"] == "colorize-a"
-    params = kw["parameters"]
-    assert params["reel"] == str((tmp_path / "a.mkv").resolve()) and params["refs"] == str(
-        (tmp_path / "a.refs").resolve()
-    )
-    assert params["out"] == str((tmp_path / "out" / "a.mov").resolve())
-    assert Path(params["workdir"]).parent == (tmp_path / ".work").resolve()
-    assert RunSettings.from_dict(params["settings"]) == RunSettings()
-
-
 # --- deployments ----------------------------------------------------------------------------------
 
 
@@ -587,6 +475,7 @@ def test_prefect_yaml_deployments_point_at_the_flows_and_their_parameters() -> N
             )
     ingest = next(d for d in deployments if d["name"] == "ingest")
     assert ingest["schedules"] == [{"cron": "*/5 * * * *", "timezone": "UTC"}]
+    assert ingest["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # one scan at a time
 
 
 # --- kill and resume, real stages ---------------------------------------------------------------
@@ -677,3 +566,88 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == done  # not recomputed
     assert len(list(segments.glob("shot-*.mkv"))) == shots
     assert out.read_bytes() == (tmp_path / "whole.mkv").read_bytes()
+
+
+# --- the farm's pure helpers and the operators' view ----------------------------------------------
+
+
+def test_a_run_is_lost_when_the_worker_holding_it_is_offline() -> None:
+    from prefect.client.schemas.objects import StateType
+
+    from flows.reel import WORKER_LABEL, lost_worker
+
+    def run(state: StateType, worker: str | None) -> SimpleNamespace:
+        return SimpleNamespace(state_type=state, labels={WORKER_LABEL: worker} if worker else {})
+
+    offline = {"gpu-3"}
+    assert lost_worker(run(StateType.RUNNING, "gpu-3"), offline) == "gpu-3"
+    assert lost_worker(run(StateType.PENDING, "gpu-3"), offline) == "gpu-3"  # taken, not started yet
+    assert lost_worker(run(StateType.RUNNING, "gpu-1"), offline) is None  # its worker is alive
+    assert lost_worker(run(StateType.SCHEDULED, None), offline) is None  # nobody holds it
+    assert lost_worker(run(StateType.COMPLETED, "gpu-3"), offline) is None  # it finished first
+
+
+def test_shot_outcomes_load_across_versions_and_give_their_table_cells() -> None:
+    from flows.shot import ShotOutcome
+
+    old = {"index": 2, "key": "k", "segment": None, "work_size": 64, "seconds": 1.5, "reused": False}
+    old.update(host="h", pid=10, ppid=9)
+    outcome = ShotOutcome.from_dict({**old, "a-field-of-a-later-version": 0.9})
+    assert outcome.worker is None and outcome.runs == 1 and not outcome.cached
+    assert outcome.row() == {"seconds": 1.5, "work px": 64, "worker": "h:10", "runs": 1}
+    assert list(outcome.row()) == list(ShotOutcome.COLUMNS)
+    assert ShotOutcome.from_dict(outcome.to_dict()) == outcome
+
+
+def test_progress_line() -> None:
+    from flows.artifacts import progress_line
+
+    assert progress_line(0, 300, 0, 3000, 0.0) == "0/300 shots, 0.0 frames/s, ETA -"
+    assert progress_line(30, 300, 300, 3000, 60.0) == "30/300 shots, 5.0 frames/s, ETA 9 min"
+    assert progress_line(299, 300, 2990, 3000, 600.0) == "299/300 shots, 5.0 frames/s, ETA 2 s"
+    assert progress_line(300, 300, 3000, 3000, 600.0) == "300/300 shots, 5.0 frames/s, done"
+
+
+def test_the_report_of_a_long_reel_stays_a_page_long() -> None:
+    from flows.artifacts import MARKDOWN_LINES, Report, report_markdown
+
+    rows = [
+        {"shot": i, "frames": f"{10 * i}-{10 * i + 10}", "status": "coloured", "seconds": 1.0, "worker": f"w{i % 2}"}
+        for i in range(300)
+    ]
+    rows[7].update(status="failed", error="boom", worker=None, seconds=None)
+    for i in range(40):
+        rows[100 + i]["runs"] = 2
+    text = report_markdown(Report(Path("/r/feature.mov"), None, Path("/w"), 600.0, rows, None, frames=3000))
+    assert len(text.splitlines()) < 70
+    assert "- shots: 300: 299 coloured, 1 failed" in text and "(5.0 frames/s)" in text
+    assert "- shot 7 (frames 70-80): boom" in text
+    assert f"... and {40 - MARKDOWN_LINES} more rerun: see the table `feature-shots`" in text
+    assert "| w0 | 150 | 150.0 |" in text and "| w1 | 149 | 149.0 |" in text  # shots per worker
+    assert "## Shots\n" not in text and "the table artifact `feature-shots`" in text
+
+
+def test_farm_shots_go_in_batches_that_keep_every_gpu_busy() -> None:
+    from flows.reel import MAX_SHOTS_PER_RUN, batches, shots_per_run_for
+
+    assert shots_per_run_for(4, 2) == 1  # a short reel: one shot per run, spread over the GPUs
+    assert shots_per_run_for(300, 2) == MAX_SHOTS_PER_RUN == 16
+    assert shots_per_run_for(300, 8) == 9  # four runs per GPU
+    assert shots_per_run_for(0, 2) == 1
+    assert batches([0, 2, 4, 6, 8], 2) == [[0, 2], [4, 6], [8]]
+
+
+def test_the_shot_flow_colours_its_shots_and_keeps_those_done_when_one_fails(
+    prefect_api: None, cut_reel: SimpleNamespace, fake_stages: FakeStages
+) -> None:
+    from flows.shot import colorize_shot_flow, outcome_path
+
+    settings = RunSettings(codec="ffv1")
+    run.prepare_run(cut_reel.reel, cut_reel.refs, cut_reel.workdir, settings)
+    fake_stages.fail = {2: user_error}
+    state = colorize_shot_flow(
+        cut_reel.workdir / PLAN_NAME, shots=[0, 2, 4], workdir=cut_reel.workdir, settings=settings, return_state=True
+    )
+    assert state.is_failed() and "shot 2: PostprodError: shot 2: injected failure" in state.message
+    assert fake_stages.computed() == {0, 2, 4}  # shot 4 ran after shot 2 failed
+    assert [outcome_path(cut_reel.workdir, i).is_file() for i in (0, 2, 4)] == [True, False, True]
