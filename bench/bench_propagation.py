@@ -152,11 +152,10 @@ def full_method(settings: PropagationSettings) -> Method:
     )
 
     def run(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        yield from enumerate(
-            propagate_shot(
-                iter(luma), keys, length=len(luma), colorizer=colorizer, store=MemoryStore(), settings=settings
-            )
+        frames = propagate_shot(
+            iter(luma), keys, length=len(luma), colorizer=colorizer, store=MemoryStore(), settings=settings
         )
+        yield from ((t, f.ab) for t, f in enumerate(frames))
 
     return run
 

@@ -97,8 +97,8 @@ def score(shot: Shot, settings: PropagationSettings, colorizer: Colorizer | None
     keys = {0: working_ab(shot.lab[0], luma[0].shape)}
     out = propagate_shot(iter(luma), keys, length=shot.n, colorizer=colorizer, store=MemoryStore(), settings=settings)
     return [
-        psnr(compose(shot.lab[t, 0], upsample_chroma(ab, shot.lab[t, 0])), shot.rgb[t])
-        for t, ab in enumerate(out)
+        psnr(compose(shot.lab[t, 0], upsample_chroma(f.ab, shot.lab[t, 0])), shot.rgb[t])
+        for t, f in enumerate(out)
         if t not in keys
     ]
 

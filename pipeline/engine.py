@@ -13,7 +13,7 @@ Colour spaces: keyframes and propagation work in CIE Lab at the working resoluti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from pipeline.images import read_colour, read_mask, resize_planes
 from pipeline.keyframes import Keyframe, Plan, ShotPlan
 from pipeline.media.decode import Frame, iter_frames
 from pipeline.media.probe import ReelInfo
+from pipeline.propagate import PropagatedFrame, StepCallback
 from pipeline.settings import RunSettings
 from pipeline.workdir import segment_path
 
@@ -93,11 +94,12 @@ class ShotColourer:
         return rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, self.info.luma_range, self.info.matrix)
 
     def propagate(
-        self, reel: Path, shot: ShotPlan, keys: dict[int, np.ndarray], on_frame: Callable[[], None]
-    ) -> Iterator[np.ndarray]:
-        """Yield each frame's (2, h, w) ab at working resolution, in order (``pipeline.propagate``).
+        self, reel: Path, shot: ShotPlan, keys: dict[int, np.ndarray], on_step: StepCallback | None = None
+    ) -> Iterator[PropagatedFrame]:
+        """Yield each frame's ab and confidence at working resolution, in order (``pipeline.propagate``).
 
-        ``keys``: reel frame -> (2, h, w) ab of the shot's keyframes."""
+        ``keys``: reel frame -> (2, h, w) ab of the shot's keyframes; ``on_step``: progress
+        (:data:`pipeline.propagate.StepCallback`)."""
         from pipeline.colorize import shared_vgg16
         from pipeline.propagate import PropagationSettings, attention_colorizer, propagate_shot
 
@@ -116,15 +118,14 @@ class ShotColourer:
             lightness_from_grey(resize_planes(self.grey(f)[None], self.work)[0])
             for f in iter_frames(reel, shot.start, shot.end)
         )
-        for ab in propagate_shot(
+        yield from propagate_shot(
             lightness,
             {k - shot.start: v for k, v in keys.items()},
             length=shot.end - shot.start,
             colorizer=colorizer,
             settings=settings,
-        ):
-            on_frame()
-            yield ab
+            on_step=on_step,
+        )
 
     def artist_chroma(self, frame: Frame, image: Path) -> np.ndarray:
         """An artist-coloured keyframe's own chroma at full resolution: (2, H, W) Cb, Cr in [-0.5, 0.5].

@@ -105,6 +105,27 @@ Colorizer = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 """``colorizer(target_l, references) -> ab``: target_l (h, w) float32 L in [0, 100];
 references: (3, h_r, w_r) float32 Lab images; returns (2, h, w) float32 ab."""
 
+
+@dataclass(frozen=True)
+class PropagatedFrame:
+    """One frame of a coloured shot, at working resolution.
+
+    ab: (2, h, w) float32 Lab ab.
+    confidence: (h, w) float32 in [0, 1], how sure the propagation is of each pixel's colour:
+        1 on a keyframe; elsewhere the path confidence of the sweep(s) that coloured it (fused
+        with the same weights as the colours between two keyframes). Below :data:`UNSURE` the
+        colour came mostly from the attention term: it is guessed, not carried from a keyframe.
+    """
+
+    ab: np.ndarray
+    confidence: np.ndarray
+
+
+StepCallback = Callable[[int, int], None]
+"""``on_step(done, total)``: called after each frame of each pass of :func:`propagate_shot`
+(the forward pass reads and colours, the backward pass colours and fuses): ``total`` is
+2 x the shot's length."""
+
 FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: distance decides there
 UNSURE = 0.5  # a path (or flow check) confidence below this counts as unsure (steps d and e)
 
@@ -513,8 +534,9 @@ def propagate_shot(
     store: FrameStore | None = None,
     settings: PropagationSettings | None = None,
     device: str = "cpu",
-) -> Iterator[np.ndarray]:
-    """Colour every frame of a shot from its keyframes; yields each frame's ab in order.
+    on_step: StepCallback | None = None,
+) -> Iterator[PropagatedFrame]:
+    """Colour every frame of a shot from its keyframes; yields each frame in order.
 
     Args:
         luma: the shot's L frames at working resolution, (h, w) float32 in [0, 100], read once
@@ -528,10 +550,11 @@ def propagate_shot(
             folder, removed when the generator finishes or is closed).
         settings: :class:`PropagationSettings`.
         device: torch device of the default colorizer.
+        on_step: progress callback (:data:`StepCallback`).
 
     Yields:
-        (2, h, w) float32 ab for frames 0 .. length - 1. Nothing is yielded before both sweeps
-        have run (the backward sweep needs the whole shot).
+        :class:`PropagatedFrame` (ab and confidence) for frames 0 .. length - 1. Nothing is
+        yielded before both sweeps have run (the backward sweep needs the whole shot).
     """
     settings = settings or PropagationSettings()
     if length is not None:
@@ -551,12 +574,26 @@ def propagate_shot(
         )
     with tempfile.TemporaryDirectory(prefix="postprod-propagate-") if store is None else nullcontext("") as folder:
         store = store if store is not None else NpyStore(folder)
-        _forward(luma, n, keyframes, keys, store, settings, colorizer)
-        _backward(n, keyframes, keys, store, settings, colorizer)
+        step = _counter(on_step, 2 * n)
+        _forward(luma, n, keyframes, keys, store, settings, colorizer, step)
+        _backward(n, keyframes, keys, store, settings, colorizer, step)
         for t in range(n):
-            ab = store.get("ab", t)
+            frame = PropagatedFrame(store.get("ab", t), store.get("conf", t).astype(np.float32))
             store.delete("ab", t)
-            yield ab
+            store.delete("conf", t)
+            yield frame
+
+
+def _counter(on_step: StepCallback | None, total: int) -> Callable[[], None]:
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, total)
+
+    return step
 
 
 def _forward(
@@ -567,6 +604,7 @@ def _forward(
     store: FrameStore,
     settings: PropagationSettings,
     colorizer: Colorizer | None,
+    step: Callable[[], None],
 ) -> None:
     """Read the L frames once; forward sweeps. Frames after the last keyframe are final ("ab");
     frames between keyframes keep their forward result ("fwd", "fwd_conf") for the fusion."""
@@ -584,13 +622,16 @@ def _forward(
                 raise ValueError(f"keyframe {t}: ab {ab.shape} does not match L {l.shape}")
             sweep.reset(l, ab)
             store.put("ab", t, ab)
+            store.put("conf", t, np.ones(l.shape, np.float32))
         elif t > keys[0]:
             ab, conf = sweep.step(l)
             if t > keys[-1]:
                 store.put("ab", t, ab)
+                store.put("conf", t, conf)
             else:
                 store.put("fwd", t, ab)
                 store.put("fwd_conf", t, conf)
+        step()
 
 
 def _backward(
@@ -600,6 +641,7 @@ def _backward(
     store: FrameStore,
     settings: PropagationSettings,
     colorizer: Colorizer | None,
+    step: Callable[[], None],
 ) -> None:
     """Backward sweeps from every keyframe, fused with the forward results; L frames dropped."""
     sweep = _Sweep(settings, colorizer)
@@ -615,10 +657,13 @@ def _backward(
                 fwd, fwd_conf = store.get("fwd", t), store.get("fwd_conf", t)
                 w_fwd, w_back = fusion_weights(fwd_conf, t - before, conf, after - t)
                 ab = w_fwd * fwd + w_back * ab
+                conf = w_fwd * fwd_conf + w_back * conf
                 store.delete("fwd", t)
                 store.delete("fwd_conf", t)
             store.put("ab", t, ab)
+            store.put("conf", t, np.clip(conf, 0.0, 1.0))
         store.delete("l", t)
+        step()
 
 
 # --- the default attention term -----------------------------------------------------------
@@ -672,11 +717,14 @@ def attention_colorizer(
 
 
 __all__ = [
+    "UNSURE",
     "Colorizer",
     "FrameStore",
     "MemoryStore",
     "NpyStore",
+    "PropagatedFrame",
     "PropagationSettings",
+    "StepCallback",
     "attention_colorizer",
     "flow_confidence",
     "flow_estimator",

@@ -158,14 +158,15 @@ def colorize_shot(
     engine = ShotColourer(info, settings)
     keys = {k.frame: engine.keyframe_ab(plan, k, workdir) for k in shot.keyframes}
     artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured" and k.image is not None}
-    bar = progress(f"shot {shot_index}: colour", shot.end - shot.start)
+    bar = progress(f"shot {shot_index}: colour", 2 * (shot.end - shot.start))
     try:
-        chroma = engine.propagate(plan.reel, shot, keys, on_frame=lambda: bar.update(1))
+        coloured = engine.propagate(plan.reel, shot, keys, on_step=lambda _done, _total: bar.update(1))
         with ReelWriter(dest, info, SEGMENT_CODEC, copy_audio=False) as writer:
-            for frame, ab in zip(iter_frames(plan.reel, shot.start, shot.end), chroma, strict=True):
+            for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
                 image = artist.get(frame.index)
                 writer.write(
-                    frame.luma, engine.full_chroma(frame, ab) if image is None else engine.artist_chroma(frame, image)
+                    frame.luma,
+                    engine.full_chroma(frame, out.ab) if image is None else engine.artist_chroma(frame, image),
                 )
     finally:
         bar.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -16,6 +16,7 @@ from pipeline.metrics import colourfulness, psnr
 from pipeline.propagate import (
     MemoryStore,
     NpyStore,
+    PropagatedFrame,
     PropagationSettings,
     flow_confidence,
     flow_estimator,
@@ -30,6 +31,11 @@ from pipeline.propagate import (
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 FLOW_ONLY = PropagationSettings(attention_every=0)  # no exemplar colorizer: synthetic tests stay fast
+
+
+def ab_of(frames: Iterable[PropagatedFrame]) -> list[np.ndarray]:
+    """The ab of each propagated frame."""
+    return [f.ab for f in frames]
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -68,7 +74,7 @@ def translating_shot(n: int, h: int, w: int, step: tuple[int, int]) -> tuple[lis
 
 def test_translating_pattern_keeps_its_colours() -> None:
     ls, truth = translating_shot(12, 64, 96, (1, 2))
-    out = list(propagate_shot(ls, {0: truth[0]}, store=MemoryStore(), settings=FLOW_ONLY))
+    out = ab_of(propagate_shot(ls, {0: truth[0]}, store=MemoryStore(), settings=FLOW_ONLY))
     assert len(out) == 12 and out[0].shape == (2, 64, 96)
     np.testing.assert_array_equal(out[0], truth[0].astype(np.float16).astype(np.float32))
     # content enters at the right and bottom (2 and 1 px a frame): score what was in frame 0
@@ -86,7 +92,7 @@ def test_long_shot_does_not_fade() -> None:
     offsets = [4 + round(4 * np.sin(2 * np.pi * t / 37)) for t in range(n)]
     ls = [canvas_l[:, o : o + w] for o in offsets]
     truth = [canvas_ab[:, :, o : o + w] for o in offsets]
-    out = list(propagate_shot(iter(ls), {0: truth[0]}, length=n, store=MemoryStore(), settings=FLOW_ONLY))
+    out = ab_of(propagate_shot(iter(ls), {0: truth[0]}, length=n, store=MemoryStore(), settings=FLOW_ONLY))
     start = colourfulness(lab_to_rgb_np(ls[0], out[0]))
     end = colourfulness(lab_to_rgb_np(ls[-1], out[-1]))
     assert end >= 0.9 * start, (start, end)
@@ -135,7 +141,7 @@ def test_confidence_is_restored_where_the_keyframe_still_matches() -> None:
     errors = {}
     for restore in (True, False):
         settings = PropagationSettings(attention_every=1, attention_min_area=0.0, restore=restore)
-        out = list(propagate_shot(ls, {0: truth[0]}, colorizer=grey, store=MemoryStore(), settings=settings))
+        out = ab_of(propagate_shot(ls, {0: truth[0]}, colorizer=grey, store=MemoryStore(), settings=settings))
         errors[restore] = np.abs(out[-1] - truth[-1])[inner].mean()
     assert errors[True] < 2.0, errors  # 1.1 measured; 4.0 without restoring
     assert errors[True] < errors[False] / 2, errors
@@ -158,7 +164,7 @@ def test_background_revealed_behind_a_moving_object_gets_its_keyframe_colours() 
     errors = {}
     for direct in (True, False):
         settings = PropagationSettings(attention_every=0, anchor_direct=direct)
-        out = list(propagate_shot(ls, {0: truth[0]}, store=MemoryStore(), settings=settings))
+        out = ab_of(propagate_shot(ls, {0: truth[0]}, store=MemoryStore(), settings=settings))
         errors[direct] = np.abs(out[-1] - truth[-1])[revealed].mean()
     assert errors[True] < 3.0, errors  # 1.1 measured; 34 without the direct flow
     assert errors[True] < errors[False] / 4, errors
@@ -184,7 +190,7 @@ def test_output_blends_propagated_and_attention_colours_by_confidence_power(monk
         settings = PropagationSettings(
             attention_every=1, attention_min_area=0.0, attention_blend=1.0, anchor=False, confidence_power=power
         )
-        out = list(propagate_shot(ls, {0: key}, colorizer=other, store=MemoryStore(), settings=settings))
+        out = ab_of(propagate_shot(ls, {0: key}, colorizer=other, store=MemoryStore(), settings=settings))
         np.testing.assert_allclose(out[1][0, 4:-4, 4:-4], a, atol=0.05)
 
 
@@ -201,7 +207,7 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
             return np.zeros((2, *target_l.shape), np.float32)
 
         settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_previous=previous)
-        list(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(), settings=settings))
+        ab_of(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(), settings=settings))
         assert seen == [2 if previous else 1] * (n - 1)
 
 
@@ -265,7 +271,7 @@ def test_frame_between_two_keyframes_uses_both() -> None:
     l = texture(40, 56, seed=4)
     red, blue = np.zeros((2, 40, 56), np.float32), np.zeros((2, 40, 56), np.float32)
     red[0], blue[0] = 30.0, -30.0
-    out = list(propagate_shot([l] * 11, {0: red, 10: blue}, store=MemoryStore(), settings=FLOW_ONLY))
+    out = ab_of(propagate_shot([l] * 11, {0: red, 10: blue}, store=MemoryStore(), settings=FLOW_ONLY))
     np.testing.assert_allclose(out[5][0], 0.0, atol=0.5)  # halfway: half of each
     np.testing.assert_allclose(out[2][0], 0.8 * 30 - 0.2 * 30, atol=0.5)  # weights 1/2 : 1/8
     np.testing.assert_allclose(out[10][0], -30.0)
@@ -274,7 +280,7 @@ def test_frame_between_two_keyframes_uses_both() -> None:
 def test_frames_before_the_first_keyframe_come_from_the_backward_sweep() -> None:
     ls, truth = translating_shot(8, 48, 64, (0, 1))
     store = MemoryStore()
-    out = list(propagate_shot(ls, {5: truth[5]}, store=store, settings=FLOW_ONLY))
+    out = ab_of(propagate_shot(ls, {5: truth[5]}, store=store, settings=FLOW_ONLY))
     inner = np.s_[:, 4:-4, 10:-10]
     assert np.abs(out[0] - truth[0])[inner].mean() < 2.0
     assert len(store) == 0
@@ -304,7 +310,7 @@ def test_streaming_holds_a_bounded_number_of_frames(tmp_path: Path) -> None:
     source = CountingLuma(ls)
     store = MemoryStore()
     out = propagate_shot(source, {0: truth[0], 25: truth[25]}, length=40, store=store, settings=FLOW_ONLY)
-    frames = [ab.shape for ab in out]
+    frames = [f.ab.shape for f in out]
     assert len(frames) == 40
     assert source.max_alive <= 3, source.max_alive  # the sweep keeps the previous frame, not the shot
     assert len(store) == 0  # everything it stored was handed out and removed
@@ -341,13 +347,13 @@ def test_npy_store_round_trip(tmp_path: Path) -> None:
 def test_bad_inputs() -> None:
     l = [texture(16, 16)] * 3
     with pytest.raises(ValueError, match="at least one keyframe"):
-        list(propagate_shot(l, {}, settings=FLOW_ONLY))
+        ab_of(propagate_shot(l, {}, settings=FLOW_ONLY))
     with pytest.raises(ValueError, match="outside"):
-        list(propagate_shot(l, {3: np.zeros((2, 16, 16))}, settings=FLOW_ONLY))
+        ab_of(propagate_shot(l, {3: np.zeros((2, 16, 16))}, settings=FLOW_ONLY))
     with pytest.raises(ValueError, match="ended after 3"):
-        list(propagate_shot(iter(l), {0: np.zeros((2, 16, 16))}, length=5, settings=FLOW_ONLY))
+        ab_of(propagate_shot(iter(l), {0: np.zeros((2, 16, 16))}, length=5, settings=FLOW_ONLY))
     with pytest.raises(ValueError, match="does not match"):
-        list(propagate_shot(l, {0: np.zeros((2, 8, 8))}, settings=FLOW_ONLY))
+        ab_of(propagate_shot(l, {0: np.zeros((2, 8, 8))}, settings=FLOW_ONLY))
 
 
 def test_warp_follows_the_flow() -> None:
@@ -389,7 +395,7 @@ def test_davis_beats_copying_the_keyframe() -> None:
     luma = [to_working(lab[0], 128) for lab in labs]
     size = luma[0].shape[::-1]
     key = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in labs[0][1:]])
-    out = list(propagate_shot(luma, {0: key}, store=MemoryStore(), settings=settings))
+    out = ab_of(propagate_shot(luma, {0: key}, store=MemoryStore(), settings=settings))
 
     def score(t: int, ab: np.ndarray) -> float:
         truth = lab_to_rgb_np(labs[t][0], labs[t][1:])
@@ -398,3 +404,22 @@ def test_davis_beats_copying_the_keyframe() -> None:
     ours = np.mean([score(t, out[t]) for t in range(1, 10)])
     copy = np.mean([score(t, key) for t in range(1, 10)])
     assert ours > copy + 1.0, (ours, copy)
+
+
+def test_confidence_is_one_on_keyframes_and_falls_where_content_is_new():
+    """Each frame carries its confidence map: 1 on the keyframe, lower where the content came
+    in from outside the frame (a pan reveals it) than where the keyframe showed it."""
+    ls, truth = translating_shot(12, 64, 96, (0, 3))
+    steps: list[tuple[int, int]] = []
+    out = list(
+        propagate_shot(
+            ls, {0: truth[0]}, store=MemoryStore(), settings=FLOW_ONLY, on_step=lambda d, t: steps.append((d, t))
+        )
+    )
+    assert all(f.confidence.shape == ls[0].shape and f.confidence.dtype == np.float32 for f in out)
+    np.testing.assert_array_equal(out[0].confidence, 1.0)
+    last = out[-1].confidence
+    assert last.min() >= 0.0 and last.max() <= 1.0
+    assert last[8:-8, -6:].mean() < 0.5 < last[8:-8, 8:-40].mean()  # entered from the right vs seen at frame 0
+    steps_done = [d for d, _ in steps]
+    assert steps_done == list(range(1, 2 * len(ls) + 1)) and {t for _, t in steps} == {2 * len(ls)}
