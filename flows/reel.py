@@ -84,8 +84,9 @@ def prepare(reel: Path, refs: Path | None, workdir: Path, settings: RunSettings)
 
 @task(name="assemble", cache_policy=NO_CACHE, persist_result=False)
 def assemble(plan_path: Path, segments: dict[int, Path | None], out: Path, settings: RunSettings, force: bool) -> Path:
-    """The segments (the source for grey shots) encoded in order into ``out``, audio copied, atomically."""
-    return run.assemble(load_plan(plan_path), segments, out, settings, force=force, inputs=(Path(plan_path).parent,))
+    """The segments joined in order into ``out``, audio copied, atomically (``pipeline.run.assemble``)."""
+    workdir = Path(plan_path).parent
+    return run.assemble(load_plan(plan_path), segments, out, settings, workdir=workdir, force=force, inputs=(workdir,))
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE, persist_result=False)

@@ -80,6 +80,28 @@ def codes_to_luma(codes: np.ndarray, bit_depth: int, color_range: Range) -> np.n
     return np.clip((codes.astype(np.float32) - black) / span, 0.0, 1.0)
 
 
+def luma_table(bit_depth: int, color_range: Range) -> np.ndarray:
+    """(2**bit_depth,) float32: :func:`codes_to_luma` of every code, so that ``table[codes]``
+    gives the same values as ``codes_to_luma(codes, ...)`` by one lookup (3-5x faster at 1080p)."""
+    return codes_to_luma(np.arange(2**bit_depth, dtype=np.uint32), bit_depth, color_range)
+
+
+GREY_SCALE = 65535
+"""Working-resolution grey codes (:func:`work_grey_codes`): grey in [0, 1] times this, rounded,
+as uint16 (steps of 1.5e-5)."""
+
+
+def work_grey_codes(luma: np.ndarray, table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) luma codes -> (h, w) uint16 grey codes at working resolution ``size``: grey in
+    [0, 1] (``table``: :func:`luma_table`) area-averaged to ``size``, times :data:`GREY_SCALE`, rounded."""
+    grey = table[luma] if luma.dtype != np.uint8 else cv2.LUT(luma, table)
+    h, w = size
+    if grey.shape != (h, w):
+        interp = cv2.INTER_AREA if h < grey.shape[0] else cv2.INTER_LINEAR
+        grey = cv2.resize(grey, (w, h), interpolation=interp)
+    return np.rint(np.clip(grey, 0.0, 1.0) * float(GREY_SCALE)).astype(np.uint16)
+
+
 def luma_to_codes(y: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
     """(H, W) float luma in [0, 1] -> integer codes (uint8 / uint16)."""
     black, span = luma_levels(bit_depth, color_range)

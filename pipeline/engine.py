@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.color import (
+    GREY_SCALE,
     chroma_from_rgb,
     codes_to_luma,
     guided_upsample,
@@ -94,11 +95,13 @@ class ShotColourer:
         return rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, self.info.luma_range, self.info.matrix)
 
     def propagate(
-        self, reel: Path, shot: ShotPlan, keys: dict[int, np.ndarray], on_step: StepCallback | None = None
+        self, grey: np.ndarray, shot: ShotPlan, keys: dict[int, np.ndarray], on_step: StepCallback | None = None
     ) -> Iterator[PropagatedFrame]:
         """Yield each frame's ab and confidence at working resolution, in order (``pipeline.propagate``).
 
-        ``keys``: reel frame -> (2, h, w) ab of the shot's keyframes; ``on_step``: progress
+        ``grey``: (n, h, w) uint16 the shot's grey codes at working resolution
+        (:func:`pipeline.color.work_grey_codes`, as the work folder stores them); ``keys``: reel
+        frame -> (2, h, w) ab of the shot's keyframes; ``on_step``: progress
         (:data:`pipeline.propagate.StepCallback`)."""
         from pipeline.colorize import shared_vgg16
         from pipeline.propagate import PropagationSettings, attention_colorizer, propagate_shot
@@ -114,10 +117,7 @@ class ShotColourer:
             if settings.attention_every > 0
             else None
         )
-        lightness = (
-            lightness_from_grey(resize_planes(self.grey(f)[None], self.work)[0])
-            for f in iter_frames(reel, shot.start, shot.end)
-        )
+        lightness = (lightness_from_grey(g.astype(np.float32) / np.float32(GREY_SCALE)) for g in grey)
         yield from propagate_shot(
             lightness,
             {k - shot.start: v for k, v in keys.items()},

@@ -1,35 +1,64 @@
-"""Progress of a run's stages on the terminal: frames done, frames/s, ETA."""
+"""What a run reports while it works: the :class:`Progress` protocol the stages call.
+
+``pipeline.run`` calls it; drawing it (a terminal bar, log lines) is the CLI's business
+(``cli.progress``). Units are frames of the reel; a shot's propagation reports each step of
+each of its two passes (:data:`pipeline.propagate.StepCallback`: ``total`` = 2 x the shot's
+length), so half a frame a step.
+"""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 
-class ProgressBar:
-    """A stage's progress on stderr (frames and frames/s), silent when stderr is not a terminal."""
+class Progress(Protocol):
+    """Receiver of a run's progress, in the order the stages call it."""
 
-    def __init__(self, label: str, total: int) -> None:
-        import click
+    def reel(self, shots: int, frames: int) -> None:
+        """The run will colour ``shots`` shots, ``frames`` frames in all (finished shots excluded)."""
 
-        self._bar: Any = (
-            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True)
-            if sys.stderr.isatty()
-            else None
-        )
-        if self._bar is not None:
-            self._bar.__enter__()
+    def shot(self, index: int, frames: int) -> None:
+        """Shot ``index`` (``frames`` long) starts: its keyframes are colorized before the first step."""
 
-    def update(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
+    def step(self, done: int, total: int) -> None:
+        """The current shot's propagation: ``done`` of ``total`` steps (two passes of its frames)."""
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
+    def shot_done(self, index: int) -> None:
+        """Shot ``index`` is written (its segment is complete)."""
+
+    def assemble(self, frames: int) -> None:
+        """The output is being assembled from the segments: ``frames`` frames."""
+
+    def assembled(self, frames: int) -> None:
+        """``frames`` more frames of the output are written."""
+
+    def done(self) -> None:
+        """The run has ended (the output is in place)."""
 
 
-Progress = Callable[[str, int], ProgressBar]
-"""``progress(label, total)``: a new bar for a stage of ``total`` frames."""
+class Silent:
+    """A :class:`Progress` that shows nothing (the default of the stages, and of farm workers)."""
+
+    def reel(self, shots: int, frames: int) -> None:
+        del shots, frames
+
+    def shot(self, index: int, frames: int) -> None:
+        del index, frames
+
+    def step(self, done: int, total: int) -> None:
+        del done, total
+
+    def shot_done(self, index: int) -> None:
+        del index
+
+    def assemble(self, frames: int) -> None:
+        del frames
+
+    def assembled(self, frames: int) -> None:
+        del frames
+
+    def done(self) -> None:
+        pass
+
+
+SILENT = Silent()

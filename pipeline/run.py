@@ -8,13 +8,19 @@ takes the loaded :class:`~pipeline.keyframes.Plan`:
   and the refs folder's files, before anything starts (the Prefect engine's server included):
   the reel, the refs folder's own problems, the output (codec, suffix, frame size, audio, what
   may be replaced: :mod:`pipeline.files`), the work folder (not in use by another run).
-- :func:`prepare_run`: probe, shots, the refs folder checked (every problem at once), the
-  keyframe plan, written to the work folder. Nothing heavy runs before it passes.
-- :func:`colorize_shot`: keyframes colorized, colour propagated through the shot
-  (``pipeline.engine``), the shot written as a lossless segment named by its content key, so
-  a finished shot is never recomputed: the segment *is* the cache.
-- :func:`assemble`: the segments (and the source, for shots left grey) encoded in order into
-  the studio's codec with the source's frame rate, timecode and audio.
+- :func:`prepare_run`: probe, then one decode pass of the reel that gives both the shots and
+  the reel's grey at working resolution (stored in the work folder:
+  :func:`pipeline.workdir.lightness_path`), the refs folder checked (every problem at once),
+  the keyframe plan, written to the work folder. Nothing heavy runs before it passes.
+- :func:`colorize_shot`: keyframes colorized, colour propagated through the shot from the
+  stored lightness (``pipeline.engine``), then the shot decoded once for its full-resolution
+  luma and written as a segment named by its content key, so a finished shot is never
+  recomputed: the segment *is* the cache. The segment is in the output codec when that is
+  intra-only (ProRes, FFV1), else lossless FFV1 (:func:`pipeline.workdir.segment_codec`).
+- :func:`assemble`: the segments joined in order into the studio's codec with the source's
+  frame rate, timecode and audio: by copying their packets (no decode, no encode) for an
+  intra-only codec, shots left grey getting a segment of the source's luma with neutral
+  chroma; else by decoding the FFV1 segments (the source, for grey shots) and encoding once.
 
 Memory is bounded by one shot at working resolution (:attr:`RunSettings.work_size`) plus a
 few full-resolution frames, whatever the reel's length.
@@ -25,22 +31,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.color import luma_table, work_grey_codes
 from pipeline.errors import PostprodError
-from pipeline.files import check_destination
-from pipeline.keyframes import Plan, plan_keyframes, write_plan
-from pipeline.media.decode import iter_frames
-from pipeline.media.encode import ReelWriter, check_output
-from pipeline.media.probe import probe, probe_header
-from pipeline.progress import Progress, ProgressBar
+from pipeline.files import atomic_output, check_destination
+from pipeline.keyframes import Plan, ShotPlan, plan_keyframes, write_plan
+from pipeline.media.decode import Frame, iter_frames
+from pipeline.media.encode import REMUX_CODECS, ReelWriter, check_output
+from pipeline.media.probe import ReelInfo, probe, probe_header
+from pipeline.progress import SILENT, Progress
 from pipeline.refs import RefSet, read_refs
 from pipeline.settings import RunSettings
-from pipeline.shots import detect_shots, write_json
+from pipeline.shots import ShotList, detect_shots, write_json
 from pipeline.workdir import (
-    SEGMENT_CODEC,
     SHOTS_NAME,
     default_workdir,
+    lightness_path,
     lock_workdir,
     plan_path,
+    segment_codec,
     segment_path,
     workdir_owner,
 )
@@ -104,16 +114,61 @@ def check_run_inputs(
     return workdir
 
 
+def work_size_of(info: ReelInfo, settings: RunSettings) -> tuple[int, int]:
+    """(h, w) of the working resolution: the short side at most ``settings.work_size``."""
+    from model.transfer import working_size
+
+    return working_size(info.height, info.width, settings.work_size)
+
+
+def analyse_reel(reel: Path, info: ReelInfo, dest: Path, size: tuple[int, int]) -> ShotList:
+    """One decode pass of ``reel``: its shots (:func:`pipeline.shots.detect_shots`) and its grey
+    at working resolution ``size`` (h, w), written to ``dest`` (``.npy``, (frames, h, w) uint16,
+    :func:`pipeline.color.work_grey_codes`) atomically; returns the shots."""
+    table = luma_table(info.bit_depth, info.luma_range)
+    with atomic_output(dest, force=True) as tmp:
+        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(info.frames, *size))
+        seen = 0
+
+        def record(frame: Frame) -> None:
+            nonlocal seen
+            if frame.index < info.frames:
+                store[frame.index] = work_grey_codes(frame.luma, table, size)
+            seen = max(seen, frame.index + 1)
+
+        shots = detect_shots(reel, on_frame=record)
+        if seen != info.frames:
+            raise PostprodError(reel, f"decoded {seen} frames, the probe counted {info.frames}")
+        store.flush()
+    return shots
+
+
+def shot_grey(plan: Plan, shot: ShotPlan, workdir: Path, info: ReelInfo, size: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) uint16 grey codes of ``shot`` at working resolution ``size``: read from the
+    work folder's lightness file (:func:`analyse_reel`), or decoded from the reel when there is
+    none for this size (a shot retried at a lower working resolution)."""
+    path = lightness_path(workdir, plan.reel, size)
+    if path.exists():
+        return np.asarray(np.load(path, mmap_mode="r")[shot.start : shot.end])
+    table = luma_table(info.bit_depth, info.luma_range)
+    return np.stack([work_grey_codes(f.luma, table, size) for f in iter_frames(plan.reel, shot.start, shot.end)])
+
+
 def prepare_run(reel: Path, refs: Path | None, workdir: Path, settings: RunSettings) -> Plan:
-    """Probe, detect shots, check the refs folder and plan keyframes; writes ``plan.json`` and
-    ``shots.json`` into ``workdir`` and returns the plan.
+    """Probe, detect shots and store the working-resolution grey in one decode pass
+    (:func:`analyse_reel`), check the refs folder and plan keyframes; writes ``plan.json``,
+    ``shots.json`` and the lightness file into ``workdir`` and returns the plan.
 
     Raises :class:`PostprodError` (every refs problem at once) before any colorization.
     """
     reel, workdir = Path(reel).resolve(), Path(workdir)
     _check_refs_folder(refs, settings)
     info = probe(reel)
-    shots = detect_shots(reel)
+    size = work_size_of(info, settings)
+    lightness = lightness_path(workdir, reel, size)
+    lightness.parent.mkdir(parents=True, exist_ok=True)
+    # a resumed run has the lightness already (named by the reel's content and the size)
+    shots = detect_shots(reel) if lightness.exists() else analyse_reel(reel, info, lightness, size)
     if refs is None:
         refset = RefSet(folder=Path("."), refs=(), problems=())
     else:
@@ -121,7 +176,6 @@ def prepare_run(reel: Path, refs: Path | None, workdir: Path, settings: RunSetti
         refset = read_refs(refs, info, shots)
         refset.raise_problems()
     plan = plan_keyframes(info, shots, refset, missing=settings.missing)
-    workdir.mkdir(parents=True, exist_ok=True)
     write_json(shots, workdir / SHOTS_NAME, force=True)
     write_plan(plan, plan_path(workdir), force=True)
     return plan
@@ -139,11 +193,13 @@ def shot_waves(plan: Plan) -> list[list[int]]:
 
 
 def colorize_shot(
-    plan: Plan, shot_index: int, workdir: Path, settings: RunSettings, *, progress: Progress = ProgressBar
+    plan: Plan, shot_index: int, workdir: Path, settings: RunSettings, *, progress: Progress = SILENT
 ) -> Path | None:
-    """Colorize shot ``shot_index`` into its lossless segment; None for a shot left grey.
+    """Colorize shot ``shot_index`` into its segment; None for a shot left grey.
 
-    An existing segment is returned untouched (it was written atomically, so it is complete).
+    The shot's lightness comes from the work folder (:func:`shot_grey`); the reel is decoded
+    once, for the full-resolution luma written with the chroma. An existing segment is returned
+    untouched (it was written atomically, so it is complete).
     """
     shot = plan.shots[shot_index]
     if shot.source == "grey":
@@ -156,20 +212,32 @@ def colorize_shot(
 
     info = probe(plan.reel)
     engine = ShotColourer(info, settings)
+    progress.shot(shot_index, shot.end - shot.start)
     keys = {k.frame: engine.keyframe_ab(plan, k, workdir) for k in shot.keyframes}
     artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured" and k.image is not None}
-    bar = progress(f"shot {shot_index}: colour", 2 * (shot.end - shot.start))
-    try:
-        coloured = engine.propagate(plan.reel, shot, keys, on_step=lambda _done, _total: bar.update(1))
-        with ReelWriter(dest, info, SEGMENT_CODEC, copy_audio=False) as writer:
-            for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
-                image = artist.get(frame.index)
-                writer.write(
-                    frame.luma,
-                    engine.full_chroma(frame, out.ab) if image is None else engine.artist_chroma(frame, image),
-                )
-    finally:
-        bar.close()
+    grey = shot_grey(plan, shot, workdir, info, engine.work)
+    coloured = engine.propagate(grey, shot, keys, on_step=progress.step)
+    with ReelWriter(dest, info, segment_codec(settings.codec), copy_audio=False) as writer:
+        for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
+            image = artist.get(frame.index)
+            chroma = engine.full_chroma(frame, out.ab) if image is None else engine.artist_chroma(frame, image)
+            writer.write(frame.luma, chroma)
+    progress.shot_done(shot_index)
+    return dest
+
+
+def grey_segment(plan: Plan, shot_index: int, workdir: Path, settings: RunSettings) -> Path:
+    """The segment of a shot left grey, for an output joined by remuxing: the source's luma
+    with neutral chroma in the output codec, named by its content key like any segment (an
+    existing one is reused)."""
+    shot = plan.shots[shot_index]
+    dest = segment_path(workdir, plan, shot_index, settings)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with ReelWriter(dest, probe(plan.reel), segment_codec(settings.codec), copy_audio=False) as writer:
+        for f in iter_frames(plan.reel, shot.start, shot.end):
+            writer.write(f.luma, None)
     return dest
 
 
@@ -179,30 +247,37 @@ def assemble(
     out: Path,
     settings: RunSettings,
     *,
+    workdir: Path,
     force: bool = False,
-    progress: Progress = ProgressBar,
+    progress: Progress = SILENT,
     inputs: Iterable[Path | None] = (),
 ) -> Path:
-    """Encode the shots in order into ``out`` with the source's rate, timecode and audio.
+    """Join the shots in order into ``out`` with the source's rate, timecode and audio.
 
-    ``segments``: shot index -> its segment, None for a shot left grey (taken from the source).
-    ``inputs``: the run's inputs besides the reel (refs folder, work folder), never replaced.
+    ``segments``: shot index -> its segment, None for a shot left grey. For an intra-only
+    output codec (:data:`~pipeline.media.encode.REMUX_CODECS`) the segments' packets are copied
+    (:meth:`ReelWriter.append`), a grey shot's from :func:`grey_segment` (written into
+    ``workdir``); otherwise the FFV1 segments (the source, for grey shots) are decoded and
+    encoded. ``inputs``: the run's inputs besides the reel (refs folder, work folder), never replaced.
     """
     missing = [s.index for s in plan.shots if s.index not in segments]
     if missing:
         raise PostprodError(out, f"cannot assemble: shots {missing} have no result")
     info = probe(plan.reel)
-    bar = progress("encode", plan.frames)
-    try:
-        with ReelWriter(Path(out), info, settings.codec, force=force, inputs=inputs) as writer:
-            for shot in plan.shots:
-                seg = segments[shot.index]
-                frames = iter_frames(plan.reel, shot.start, shot.end) if seg is None else iter_frames(seg, chroma=True)
-                for f in frames:
-                    writer.write(f.luma, f.chroma)
-                    bar.update(1)
-    finally:
-        bar.close()
+    progress.assemble(plan.frames)
+    if settings.codec in REMUX_CODECS:
+        parts = [segments[s.index] or grey_segment(plan, s.index, workdir, settings) for s in plan.shots]
+        with ReelWriter(Path(out), info, settings.codec, force=force, inputs=inputs, template=parts[0]) as writer:
+            for part in parts:
+                writer.append(part, on_frame=lambda: progress.assembled(1))
+        return Path(out)
+    with ReelWriter(Path(out), info, settings.codec, force=force, inputs=inputs) as writer:
+        for shot in plan.shots:
+            seg = segments[shot.index]
+            frames = iter_frames(plan.reel, shot.start, shot.end) if seg is None else iter_frames(seg, chroma=True)
+            for f in frames:
+                writer.write(f.luma, f.chroma)
+                progress.assembled(1)
     return Path(out)
 
 
@@ -214,14 +289,24 @@ def run_reel(
     workdir: Path | None = None,
     settings: RunSettings = RunSettings(),
     force: bool = False,
+    progress: Progress = SILENT,
 ) -> Path:
     """The whole job in this process: inputs checked (:func:`check_run_inputs`), then, holding
-    the work folder's lock, prepare, every shot wave by wave, assemble."""
+    the work folder's lock, prepare, every shot wave by wave, assemble. ``progress`` hears
+    every stage (:class:`pipeline.progress.Progress`)."""
     workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     with lock_workdir(workdir):
         plan = prepare_run(reel, refs, workdir, settings)
+        todo = [
+            s for s in plan.shots if s.source != "grey" and not segment_path(workdir, plan, s.index, settings).exists()
+        ]
+        progress.reel(len(todo), sum(s.end - s.start for s in todo))
         segments: dict[int, Path | None] = {}
         for wave in shot_waves(plan):
             for i in wave:
-                segments[i] = colorize_shot(plan, i, workdir, settings)
-        return assemble(plan, segments, out, settings, force=force, inputs=(refs, workdir))
+                segments[i] = colorize_shot(plan, i, workdir, settings, progress=progress)
+        result = assemble(
+            plan, segments, out, settings, workdir=workdir, force=force, progress=progress, inputs=(refs, workdir)
+        )
+        progress.done()
+        return result

@@ -4,8 +4,14 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
 
     plan.json                 the keyframe plan (:func:`pipeline.keyframes.write_plan`)
     shots.json                the shots (:func:`pipeline.shots.write_json`)
-    segments/shot-<i>-<key>.mkv
-                              shot i coloured: lossless FFV1, the source's luma codes + chroma;
+    lightness/<reel>-<w>x<h>.npy
+                              the reel's grey at working resolution, (frames, h, w) uint16
+                              (:func:`pipeline.color.work_grey_codes`), from prepare's one decode pass
+                              (:func:`lightness_path`); colorization reads it instead of decoding
+    segments/shot-<i>-<key>.<codec>.mkv|mov
+                              shot i coloured: the source's luma codes + chroma in the output
+                              codec when that is intra-only (:data:`~pipeline.media.encode.REMUX_CODECS`,
+                              joined by remuxing), else lossless FFV1 (:func:`segment_codec`);
                               ``key`` is :func:`shot_key`, so the segment *is* the cache
     run.lock                  held by the run using the folder (:func:`lock_workdir`)
 
@@ -13,7 +19,7 @@ A segment is written atomically, so one that exists is complete and is reused as
 whose inputs changed has another key, another name, and is recomputed. The key covers the
 reel's content, the shot's frames and keyframes, every reference image and mask the shot uses
 (and the keys of the shots it borrows colour from), the model weights, the settings that
-change pixels and :data:`COLOUR_VERSION`.
+change pixels, the segment's codec and :data:`COLOUR_VERSION`.
 
 Hashes are memoised per process by the file's identity (path, size, modification time), so
 asking for a key again, or for the keys of many shots of one reel, reads each file once.
@@ -42,15 +48,15 @@ from pathlib import Path
 from pipeline.errors import PostprodError
 from pipeline.files import pid_alive
 from pipeline.keyframes import Plan, read_plan
-from pipeline.media.encode import CodecName
+from pipeline.media.encode import CODECS, REMUX_CODECS, CodecName
 from pipeline.settings import RunSettings
 
 PLAN_NAME = "plan.json"
 LOCK_NAME = "run.lock"
 SHOTS_NAME = "shots.json"
 SEGMENTS = "segments"
-SEGMENT_CODEC: CodecName = "ffv1"
-COLOUR_VERSION = 2
+LIGHTNESS = "lightness"
+COLOUR_VERSION = 3
 """Part of every shot key: raised with any change to the colour maths that changes pixels, so a
 work folder left by an older postprod is recomputed, not reused."""
 WORK_ROOT = Path("postprod-work")
@@ -144,7 +150,7 @@ def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
     Covers the reel's fingerprint, the shot's frame range and keyframes, the hashes of every
     reference image and mask it uses, the keys of the neighbouring shots it borrows colour
     from, the model weights, the settings that change pixels (:meth:`RunSettings.pixel_settings`:
-    all but the output codec) and :data:`COLOUR_VERSION`.
+    all but the output codec), the segment's codec (:func:`segment_codec`) and :data:`COLOUR_VERSION`.
     """
     shot = plan.shots[shot_index]
     h = hashlib.sha256(f"colour {COLOUR_VERSION}".encode())
@@ -158,12 +164,30 @@ def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
         h.update(shot_key(plan, n, settings).encode())
     h.update(weights_hash().encode())
     h.update(json.dumps(settings.pixel_settings(), sort_keys=True).encode())
+    h.update(segment_codec(settings.codec).encode())
     return h.hexdigest()[:16]
 
 
+def segment_codec(codec: CodecName) -> CodecName:
+    """The codec a shot's segment is written in for output ``codec``: the output codec itself
+    when segments are joined by remuxing (intra-only: ProRes, FFV1), else lossless FFV1, which
+    :func:`pipeline.run.assemble` re-encodes (H.264's long GOP, image sequences)."""
+    return codec if codec in REMUX_CODECS else "ffv1"
+
+
 def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
-    """``<workdir>/segments/shot-<i:04d>-<shot_key>.mkv``: where shot ``shot_index``'s result lives."""
-    return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{shot_key(plan, shot_index, settings)}.mkv"
+    """``<workdir>/segments/shot-<i:04d>-<shot_key>.<codec>.mkv|mov``: where shot ``shot_index``'s
+    result lives, in :func:`segment_codec`'s codec (its container's suffix)."""
+    codec = segment_codec(settings.codec)
+    key = shot_key(plan, shot_index, settings)
+    return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{key}.{codec}{CODECS[codec].suffixes[0]}"
+
+
+def lightness_path(workdir: Path, reel: Path, size: tuple[int, int]) -> Path:
+    """``<workdir>/lightness/<fingerprint[:16]>-<w>x<h>.npy``: the reel's grey at working
+    resolution ``size`` (h, w), written once by :func:`pipeline.run.prepare_run`."""
+    h, w = size
+    return Path(workdir) / LIGHTNESS / f"{reel_fingerprint(reel)[:16]}-{w}x{h}.npy"
 
 
 # --- one run at a time ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,7 +51,7 @@ from pipeline.color import change_depth, chroma_to_codes, rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
 from pipeline.media.decode import iter_frames
-from pipeline.media.probe import AudioInfo, ReelInfo, open_input, probe
+from pipeline.media.probe import AudioInfo, ReelInfo, open_input, probe, video_stream
 
 # ReelInfo colour names -> H.273 code points for the encoder's tags.
 _RANGE_CODES = {"tv": 1, "pc": 2}
@@ -119,6 +119,9 @@ def _ffv1_depth(depth: int) -> int:
 CodecName = Literal["prores", "ffv1", "h264", "tiff", "png"]
 """Output codecs: ProRes 422 HQ (.mov), FFV1 lossless (.mkv), H.264 preview (.mp4/.mov), 16-bit
 TIFF or PNG image sequences (a folder)."""
+REMUX_CODECS: frozenset[CodecName] = frozenset({"prores", "ffv1"})
+"""Intra-only output codecs whose per-shot segments are joined by copying packets
+(:meth:`ReelWriter.append`); other codecs' segments are lossless FFV1 re-encoded at assembly."""
 CODECS: dict[CodecName, CodecSpec] = {
     "prores": CodecSpec("prores", "prores_ks", "mov", (".mov",), (("profile", "3"), ("vendor", "apl0"))),  # 3 = 422 HQ
     "ffv1": CodecSpec("ffv1", "ffv1", "matroska", (".mkv",), (("level", "3"), ("slicecrc", "1"), ("g", "1"))),
@@ -211,6 +214,10 @@ class ReelWriter:
     Raises :class:`PostprodError` for what :func:`check_output` refuses (before anything is
     written) or no frames; ``ValueError`` for a frame of the wrong size or non-finite chroma.
     ``inputs``: the command's other inputs (the reel is one already), never to be replaced.
+
+    ``template``: a reel already in ``codec`` (a segment :class:`ReelWriter` wrote from the same
+    source): the output's video stream copies its codec parameters and frames come by
+    :meth:`append`, packets remuxed without decoding; only for :data:`REMUX_CODECS`.
     """
 
     def __init__(
@@ -222,7 +229,11 @@ class ReelWriter:
         force: bool = False,
         copy_audio: bool = True,
         inputs: Iterable[Path | None] = (),
+        template: Path | None = None,
     ) -> None:
+        if template is not None and codec not in REMUX_CODECS:
+            raise ValueError(f"{codec} segments cannot be joined by remuxing (only {', '.join(REMUX_CODECS)})")
+        self.template = None if template is None else Path(template)
         self.inputs = (source.path, *inputs)
         check_output(
             dest,
@@ -292,6 +303,17 @@ class ReelWriter:
 
     def _add_video(self, out: OutputContainer) -> VideoStream:
         src = self.source
+        if self.template is not None:
+            with open_input(self.template) as seg:
+                copied = out.add_stream_from_template(video_stream(seg, self.template))
+            assert isinstance(copied, VideoStream)
+            copied.time_base = 1 / self.fps
+            copied.codec_context.framerate = self.fps  # the mov muxer's tmcd track needs the rate
+            if src.rotation:
+                copied.set_display_rotation(src.rotation)
+            if src.timecode:
+                copied.metadata["timecode"] = src.timecode
+            return copied
         stream = out.add_stream(self.spec.encoder, rate=self.fps, options=dict(self.spec.options))
         assert isinstance(stream, VideoStream), f"{self.spec.encoder} is not a video encoder"
         stream.width, stream.height = src.width, src.height
@@ -348,9 +370,51 @@ class ReelWriter:
 
     # --- writing ------------------------------------------------------------------------
 
+    def append(self, segment: Path, on_frame: Callable[[], None] | None = None) -> int:
+        """Append every frame of ``segment`` (written by a :class:`ReelWriter` in this codec from
+        the same source, as ``template``) by copying its video packets: no decode, no encode.
+        Timestamps are renumbered to follow the frames already written; the source's audio is
+        interleaved as :meth:`write` does. ``on_frame()`` after each frame. Returns the frames appended.
+
+        Raises :class:`PostprodError` if the segment's video stream does not match the template's
+        (codec, frame size, pixel format) or is not intra-only.
+        """
+        if self.template is None or self._video is None or self._out is None:
+            raise ValueError("append needs a ReelWriter opened with a template segment")
+        segment = Path(segment)
+        tb = 1 / self.fps
+        appended = 0
+        with open_input(segment) as seg:
+            stream = video_stream(seg, segment)
+            want, have = self._video.codec_context, stream.codec_context
+            shape = [(c.name, c.width, c.height, c.format.name if c.format else None) for c in (have, want)]
+            if shape[0] != shape[1]:
+                raise PostprodError(
+                    segment, f"segment is {shape[0]}, the output {shape[1]}; it cannot be joined by remuxing"
+                )
+            for packet in seg.demux(stream):
+                if not packet.size:
+                    continue
+                if not packet.is_keyframe:
+                    raise PostprodError(segment, "segment is not intra-only; it cannot be joined by remuxing")
+                i = self.frames_written
+                packet.stream = self._video
+                packet.time_base = tb
+                packet.pts = packet.dts = i
+                packet.duration = 1
+                self._out.mux(packet)
+                self.frames_written += 1
+                appended += 1
+                self._mux_audio_until(Fraction(i + 1) / self.fps)
+                if on_frame is not None:
+                    on_frame()
+        return appended
+
     def write(self, luma: np.ndarray, chroma: np.ndarray | None = None) -> None:
         """Append one frame (see the class docstring for shapes and ranges)."""
         src = self.source
+        if self.template is not None:
+            raise ValueError("a ReelWriter opened with a template takes segments (append), not frames")
         if luma.shape != (src.height, src.width):
             raise ValueError(f"luma must be ({src.height}, {src.width}), got {luma.shape}")
         i = self.frames_written
@@ -440,7 +504,7 @@ class ReelWriter:
     def _finish(self) -> None:
         if self.frames_written == 0:
             raise PostprodError(self.dest, "no frames were written")
-        if self._video is not None:
+        if self._video is not None and self.template is None:
             assert self._out is not None  # the video stream belongs to it
             self._out.mux(self._video.encode(None))  # flush: no frame lost at the end
         self._mux_audio_until(None)

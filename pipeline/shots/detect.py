@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import PostprodError
-from pipeline.media.decode import is_intra_only, iter_frame_ranges
+from pipeline.media.decode import Frame, is_intra_only, iter_frame_ranges
 from pipeline.media.probe import probe, scan_packets
 from pipeline.shots.coarse import detect_transitions_coarse
 from pipeline.shots.detectors import ShotList, ShotSettings, detect_transitions, shots_from_transitions
 
 
-def detect_shots(reel: Path, *, max_height: int | None = None, settings: ShotSettings = ShotSettings()) -> ShotList:
+def detect_shots(
+    reel: Path,
+    *,
+    max_height: int | None = None,
+    settings: ShotSettings = ShotSettings(),
+    on_frame: Callable[[Frame], None] | None = None,
+) -> ShotList:
     """Cut a reel into shots from its luma.
 
     Frames are decoded in analysis mode (``iter_frame_ranges(analysis=True)``: H.264 deblocking
@@ -31,6 +37,10 @@ def detect_shots(reel: Path, *, max_height: int | None = None, settings: ShotSet
             faster than ``max_height=96``, whose area-filtered swscale resize costs more than the
             H.264 decoding itself (bench/README.md).
         settings: detector tuning.
+        on_frame: called with every frame of the reel, in order, as decoded: the one decode pass
+            that a run shares between shot detection and whatever else needs every frame (its
+            working-resolution lightness, ``pipeline.run.prepare_run``). The frames are then the
+            true ones (no analysis shortcuts, full size) and detection is dense.
 
     Raises:
         PostprodError: the reel cannot be read, or has no frames.
@@ -41,10 +51,16 @@ def detect_shots(reel: Path, *, max_height: int | None = None, settings: ShotSet
     limited = info.luma_range == "tv"
 
     def read(ranges: Sequence[range]) -> Iterator[tuple[int, np.ndarray]]:
+        if on_frame is not None:
+            for frame in iter_frame_ranges(reel, ranges, index=index):
+                on_frame(frame)
+                yield frame.index, frame.luma
+            return
         for frame in iter_frame_ranges(reel, ranges, index=index, max_height=max_height, analysis=True):
             yield frame.index, frame.luma
 
-    if settings.coarse_step > 1 and is_intra_only(index) and index.frames > 2 * settings.coarse_step:
+    coarse = settings.coarse_step > 1 and on_frame is None
+    if coarse and is_intra_only(index) and index.frames > 2 * settings.coarse_step:
         frames = index.frames
         transitions = detect_transitions_coarse(
             read, frames, step=settings.coarse_step, bit_depth=info.bit_depth, limited_range=limited, settings=settings
