@@ -123,7 +123,9 @@ def run(
     # every check that needs no decoding, in about a second, before any engine (Prefect's server) starts
     workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     if engine == "local":
-        result = run_reel(reel, refs, out, workdir=workdir, settings=settings, force=force)
+        from cli.progress import ReelProgress
+
+        result = run_reel(reel, refs, out, workdir=workdir, settings=settings, force=force, progress=ReelProgress())
     else:
         from flows.reel import run_flow  # the Prefect wrapper of the same stages
 

@@ -555,3 +555,58 @@ def test_ffv1_exact_at_any_depth_and_odd_sizes(
         with pytest.raises(PostprodError, match="even width"):
             transcode(clip.path, tmp_path / "out.mp4", "h264")
         assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("codec", ["prores", "ffv1"])
+def test_segments_joined_by_remux_equal_one_encode(clip_8bit: Clip, tmp_path: Path, codec: str) -> None:
+    """Shots written as separate segments and joined by copying packets give the frames, rate,
+    timecode and audio of the same frames encoded in one go, without decoding the segments."""
+    info = probe(clip_8bit.path)
+    frames = list(iter_frames(clip_8bit.path))
+    rng = np.random.default_rng(1)
+    chroma = [(rng.random((2, info.height, info.width), dtype=np.float32) - 0.5) * 0.3 for _ in frames]
+    ext = ".mov" if codec == "prores" else ".mkv"
+    cuts = [0, 10, 11, len(frames)]  # a one-frame shot too
+    segments = []
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        seg = tmp_path / f"seg{k}{ext}"
+        with ReelWriter(seg, info, codec, copy_audio=False) as w:
+            for f in frames[a:b]:
+                w.write(f.luma, chroma[f.index])
+        segments.append(seg)
+    joined, whole = tmp_path / f"joined{ext}", tmp_path / f"whole{ext}"
+    with ReelWriter(joined, info, codec, template=segments[0]) as w:
+        assert [w.append(s) for s in segments] == [10, 1, len(frames) - 11]
+    with ReelWriter(whole, info, codec) as w:
+        for f in frames:
+            w.write(f.luma, chroma[f.index])
+    a, b = probe(joined), probe(whole)
+    assert (
+        (a.frames, a.fps, a.timecode, a.pix_fmt)
+        == (b.frames, b.fps, b.timecode, b.pix_fmt)
+        == (
+            info.frames,
+            info.fps,
+            info.timecode,
+            b.pix_fmt,
+        )
+    )
+    for x, y in zip(iter_frames(joined, chroma=True), iter_frames(whole, chroma=True), strict=True):
+        assert np.array_equal(x.luma, y.luma) and np.array_equal(x.chroma, y.chroma)
+    assert_same_audio(clip_8bit.path, joined, tolerance=Fraction(1, 1000) if codec == "ffv1" else Fraction(0))
+
+
+def test_remux_refuses_a_segment_of_another_kind(clip_8bit: Clip, tmp_path: Path) -> None:
+    info = probe(clip_8bit.path)
+    seg, other = tmp_path / "seg.mov", tmp_path / "other.mkv"
+    for path, codec in ((seg, "prores"), (other, "ffv1")):
+        with ReelWriter(path, info, codec, copy_audio=False) as w:  # type: ignore[arg-type]
+            w.write(next(iter_frames(clip_8bit.path)).luma, None)
+    with (
+        pytest.raises(PostprodError, match="cannot be joined"),
+        ReelWriter(tmp_path / "out.mov", info, "prores", template=seg) as w,
+    ):
+        w.append(other)
+    assert not (tmp_path / "out.mov").exists()
+    with pytest.raises(ValueError, match="remuxing"):
+        ReelWriter(tmp_path / "out.mp4", info, "h264", template=seg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,91 @@ def test_a_new_colour_version_recomputes_shots(demo_run: tuple[Path, Path], monk
     before = workdir.shot_key(plan, 0, settings)
     monkeypatch.setattr(workdir, "COLOUR_VERSION", workdir.COLOUR_VERSION + 1)
     assert workdir.shot_key(plan, 0, settings) != before
+
+
+# --- one decode pass, progress ------------------------------------------------------------
+
+
+class Recorder:
+    """A :class:`pipeline.progress.Progress` that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.calls.append((name, *args))
+
+
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Recorder]:
+    """A 3-shot synthetic reel (12 frames a shot, shot 1 left grey) run into ProRes: (reel, work, progress)."""
+    from pipeline.media import synth
+
+    d = tmp_path_factory.mktemp("cut")
+    reel = synth.write_cut_reel(d / "reel.mkv", 3, 12)
+    refs = synth.write_shot_refs(d / "refs", (0, 2))
+    rec = Recorder()
+    settings = RunSettings(codec="prores", device="cpu", work_size=64, missing="grey")
+    run_reel(reel, refs, d / "out.mov", workdir=d / "work", settings=settings, progress=rec)
+    return reel, d / "work", rec
+
+
+def test_progress_follows_the_frames_coloured(cut_run: tuple[Path, Path, Recorder]) -> None:
+    _, _, rec = cut_run
+    names = [c[0] for c in rec.calls]
+    assert rec.calls[0] == ("reel", 2, 24)  # two shots to colour, the grey one not counted
+    assert names.count("shot") == names.count("shot_done") == 2
+    for shot in (0, 2):
+        begin = rec.calls.index(("shot", shot, 12))
+        end = rec.calls.index(("shot_done", shot))
+        assert rec.calls[begin + 1 : end] == [("step", k, 24) for k in range(1, 25)]  # every step, in order
+    assert rec.calls[-2 - 36 : -1] == [("assemble", 36), *[("assembled", 1)] * 36]
+    assert rec.calls[-1] == ("done",)
+
+
+def test_prores_run_joins_segments_and_a_grey_shot_by_remux(cut_run: tuple[Path, Path, Recorder]) -> None:
+    reel, work, _ = cut_run
+    out = work.parent / "out.mov"
+    info, dst = probe(reel), probe(out)
+    assert (dst.codec, dst.frames, dst.fps) == ("prores", info.frames, info.fps)
+    segments = sorted((work / "segments").iterdir())
+    assert [p.name.split(".", 1)[1] for p in segments] == ["prores.mov"] * 3  # the grey shot has one too
+    joined = [f.chroma for f in iter_frames(out, chroma=True)]
+    parts = [f.chroma for seg in segments for f in iter_frames(seg, chroma=True)]
+    assert all(np.array_equal(a, b) for a, b in zip(joined, parts, strict=True))  # packets copied as they are
+    assert np.abs(np.stack(joined[12:24])).max() < 1e-3 < np.abs(np.stack(joined[:12])).mean()  # grey stays grey
+
+
+def test_lightness_comes_from_the_analysis_pass(cut_run: tuple[Path, Path, Recorder]) -> None:
+    """The stored working-resolution grey is the decoded luma brought to that size (as the
+    propagation read it from a decode of its own)."""
+    from pipeline.color import GREY_SCALE, codes_to_luma
+    from pipeline.images import resize_planes
+
+    reel, work, _ = cut_run
+    info = probe(reel)
+    (path,) = (work / "lightness").iterdir()
+    stored = np.load(path)
+    assert stored.shape == (info.frames, 64, 96) and stored.dtype == np.uint16
+    for f in iter_frames(reel):
+        grey = resize_planes(codes_to_luma(f.luma, info.bit_depth, info.luma_range)[None], (64, 96))[0]
+        assert np.abs(stored[f.index] / GREY_SCALE - grey).max() < 1e-4
+
+
+def test_no_terminal_prints_one_line_per_shot(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from pipeline.media import synth
+
+    reel = synth.write_cut_reel(tmp_path / "reel.mkv", 2, 12)
+    refs = synth.write_shot_refs(tmp_path / "refs", (0, 1))
+    args = ["run", "--engine", "local", "--reel", str(reel), "--refs", str(refs), "--codec", "ffv1"]
+    args += ["--out", str(tmp_path / "o.mkv"), "--workdir", str(tmp_path / "w"), "--work-size", "64", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("postprod: ")]
+    assert len(lines) == 3, result.stderr
+    for shot, line in enumerate(lines[:2]):
+        assert re.fullmatch(rf"postprod: shot {shot}: 12 frames in [0-9.]+ s \([0-9.]+ frames/s\)", line)
+    assert re.fullmatch(r"postprod: assembled 24 frames in [0-9.]+ s", lines[2])
