@@ -10,6 +10,10 @@ Colorization never alters the archive's detail: the output luma is the source's 
 (only shifted when the output has another bit depth); colorizers only supply chroma, see
 :func:`chroma_from_rgb` and :func:`merge_luma_chroma`.
 
+:func:`full_chroma_codes` is the output path of a coloured frame in torch, on the run's device
+(the same maths as :func:`guided_upsample`, :func:`legal_chroma`, block-mean subsampling and
+:func:`chroma_to_codes`, which stay the numpy reference).
+
 CIE Lab for numpy arrays (:func:`lab_from_rgb`, :func:`lightness_from_grey`, :func:`rgb_from_lab`)
 goes through ``model.color``, the one Lab implementation: L in [0, 100], ab in CIE units, planes
 first ((3, H, W) Lab, (2, H, W) ab).
@@ -17,10 +21,13 @@ first ((3, H, W) Lab, (2, H, W) ab).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Matrix = Literal["bt601", "bt709"]
 Range = Literal["tv", "pc"]
@@ -279,3 +286,92 @@ def rgb_from_lab(l: np.ndarray, ab: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         rgb = lab_to_rgb(torch.from_numpy(lab)[None])
     return rgb[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+# --- the output chroma of a coloured frame, in torch on the run's device ----------------------
+
+
+def _box(x: Tensor, radius: int) -> Tensor:
+    """Mean over (2r+1)^2 windows of (C, h, w), edges mirrored with the edge pixel repeated
+    (OpenCV's ``BORDER_REFLECT``, as :func:`guided_upsample` uses)."""
+    import torch
+    import torch.nn.functional as F
+
+    r = radius
+    x = torch.cat([x[:, :r].flip(1), x, x[:, -r:].flip(1)], dim=1)
+    x = torch.cat([x[:, :, :r].flip(2), x, x[:, :, -r:].flip(2)], dim=2)
+    return F.avg_pool2d(x[None], 2 * r + 1, stride=1)[0]
+
+
+def full_chroma_codes(
+    luma: Tensor,
+    small_grey: Tensor,
+    ab: Tensor,
+    *,
+    bit_depth: int,
+    color_range: Range,
+    matrix: Matrix,
+    out_depth: int,
+    subsampling: tuple[int, int],
+    radius: int = 1,
+    eps: float = 1e-3,
+) -> Tensor:
+    """A coloured frame's chroma codes for the writer, all in torch on ``luma``'s device.
+
+    luma: (H, W) integer luma codes at ``bit_depth`` (uint8, or int32/int16 holding them);
+    small_grey: (h, w) float32 grey in [0, 1] at working resolution (the frame's luma area-
+    averaged, :func:`work_grey_codes` / :data:`GREY_SCALE`); ab: (2, h, w) float32 CIE ab there.
+    Steps: Lab (L of ``small_grey``) -> R'G'B' -> Cb, Cr at working resolution; guided upsampling
+    by the full-resolution grey (the fast guided filter, He & Sun 2015, as :func:`guided_upsample`);
+    :func:`legal_chroma` for that grey; block means over ``subsampling`` (sx, sy) pixels (edge
+    replicated, as the encoder's 4:2:2 / 4:2:0 planes need); quantised as :func:`chroma_to_codes`
+    at ``out_depth`` in ``color_range``. Returns (2, ceil(H/sy), ceil(W/sx)) int32 codes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from model.color import grey_lightness, lab_to_rgb
+
+    black, span = luma_levels(bit_depth, color_range)
+    grey = luma.to(torch.float32).sub_(black).mul_(1.0 / span).clamp_(0.0, 1.0)
+    small = small_grey.to(torch.float32)
+    l_small = grey_lightness(small[None, None])[0]
+    rgb = lab_to_rgb(torch.cat([l_small, ab.to(torch.float32)])[None])[0].clamp(0.0, 1.0)
+    kr, kb = _WEIGHTS[matrix]
+    kg = 1.0 - kr - kb
+    y = kr * rgb[0] + kg * rgb[1] + kb * rgb[2]
+    src = torch.stack([(rgb[2] - y) / (2.0 * (1.0 - kb)), (rgb[0] - y) / (2.0 * (1.0 - kr))])
+    big_h, big_w = grey.shape
+    if src.shape[1:] == grey.shape:
+        chroma = src
+    else:
+        g = small[None]
+        mean_i = _box(g, radius)
+        var_i = _box(g * g, radius) - mean_i * mean_i
+        mean_p = _box(src, radius)
+        a = (_box(g * src, radius) - mean_i * mean_p) / (var_i + eps)
+        b = mean_p - a * mean_i
+        coeffs = torch.cat([_box(a, radius), _box(b, radius)])[None]
+        big = F.interpolate(coeffs, size=(big_h, big_w), mode="bilinear", align_corners=False)[0]
+        chroma = torch.addcmul(big[2:], big[:2], grey)
+    # legal_chroma with fewer full-resolution passes: channel k moves by d_k from the grey, so
+    # it stays in [0, 1] for a scale up to (1 - grey) / d_k (d_k > 0) or grey / -d_k (d_k < 0);
+    # need_k = max(d_k / (1 - grey), -d_k / grey) is 1 / that limit, and scale = 1 / max(1, need)
+    over = (1.0 - grey).clamp_(min=1e-12).reciprocal_()
+    under = grey.clamp(min=1e-12).reciprocal_().neg_()
+    cb, cr = chroma[0], chroma[1]
+    need = torch.zeros_like(grey)
+    for d in (
+        cr * (2.0 * (1.0 - kr)),
+        cb * (2.0 * (1.0 - kb)),
+        cr * (-2.0 * kr * (1.0 - kr) / kg) + cb * (-2.0 * kb * (1.0 - kb) / kg),
+    ):
+        need = torch.maximum(need, torch.maximum(d * over, d.mul_(under)))
+    chroma = chroma / need.clamp_(min=1.0)
+    sx, sy = subsampling
+    if sx > 1 or sy > 1:
+        chroma = F.pad(chroma[None], (0, -big_w % sx, 0, -big_h % sy), mode="replicate")
+        chroma = F.avg_pool2d(chroma, (sy, sx))[0]
+    neutral, cspan = chroma_levels(out_depth, color_range)
+    codes = chroma.clamp_(-0.5, 0.5).mul_(cspan).add_(neutral).round_()
+    return codes.clamp_(0, 2**out_depth - 1).to(torch.int32)

@@ -22,11 +22,9 @@ from pipeline.color import (
     GREY_SCALE,
     chroma_from_rgb,
     codes_to_luma,
-    guided_upsample,
     lab_from_rgb,
     legal_chroma,
     lightness_from_grey,
-    rgb_from_lab,
     rgb_from_luma_chroma,
 )
 from pipeline.colorize import Exemplar, colorize_still, resolve_device
@@ -137,14 +135,34 @@ class ShotColourer:
         chroma = chroma_from_rgb(read_colour(image).pixels, self.info.matrix)
         return legal_chroma(self.grey(frame), chroma, self.info.matrix)
 
-    def full_chroma(self, frame: Frame, ab: np.ndarray) -> np.ndarray:
-        """Working-resolution ab (2, h, w) + the frame's luma -> (2, H, W) Cb, Cr in [-0.5, 0.5].
+    def full_chroma(self, frame: Frame, grey: np.ndarray, ab: object, layout: tuple[int, int, int]) -> np.ndarray:
+        """Working-resolution ab + the frame's luma -> the writer's chroma codes, on :attr:`device`.
 
-        Lab -> R'G'B' -> Cb, Cr at working resolution (cheap), then guided upsampling by the
-        full-resolution luma, so chroma edges follow the source's detail, then limited to what
-        that luma can show (``pipeline.color.legal_chroma``: black and white stay neutral).
+        ``grey``: (h, w) uint16 the frame's working-resolution grey codes (as the propagation
+        read them); ``ab``: (2, h, w) float32 CIE ab (numpy or torch); ``layout``: the writer's
+        :attr:`~pipeline.media.encode.ReelWriter.chroma_layout` (sx, sy, depth). Lab -> R'G'B'
+        -> Cb, Cr at working resolution, guided upsampling by the full-resolution luma (chroma
+        edges follow the source's detail), limited to what that luma can show (black and white
+        stay neutral), subsampled and quantised: :func:`pipeline.color.full_chroma_codes`. The
+        luma goes to the device once, the codes come back once: (2, H', W') int32.
         """
-        grey = self.grey(frame)
-        l_small = lightness_from_grey(resize_planes(grey[None], ab.shape[1:])[0])
-        rgb = rgb_from_lab(l_small, ab)
-        return legal_chroma(grey, guided_upsample(chroma_from_rgb(rgb, self.info.matrix), grey), self.info.matrix)
+        import torch
+
+        from pipeline.color import full_chroma_codes
+
+        luma = frame.luma
+        if luma.dtype != np.uint8:  # torch has no arithmetic on uint16
+            luma = luma.view(np.int16) if frame.bit_depth < 16 else luma.astype(np.int32)
+        sx, sy, depth = layout
+        with torch.inference_mode():
+            codes = full_chroma_codes(
+                torch.from_numpy(luma).to(self.device),
+                torch.from_numpy(grey.astype(np.float32) / np.float32(GREY_SCALE)).to(self.device),
+                torch.as_tensor(ab).to(self.device),
+                bit_depth=frame.bit_depth,
+                color_range=self.info.luma_range,
+                matrix=self.info.matrix,
+                out_depth=depth,
+                subsampling=(sx, sy),
+            )
+            return codes.cpu().numpy()

@@ -218,10 +218,15 @@ def colorize_shot(
     grey = shot_grey(plan, shot, workdir, info, engine.work)
     coloured = engine.propagate(grey, shot, keys, on_step=progress.step)
     with ReelWriter(dest, info, segment_codec(settings.codec), copy_audio=False) as writer:
+        layout = writer.chroma_layout
         for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
             image = artist.get(frame.index)
-            chroma = engine.full_chroma(frame, out.ab) if image is None else engine.artist_chroma(frame, image)
-            writer.write(frame.luma, chroma)
+            if image is None:
+                writer.write_codes(
+                    frame.luma, engine.full_chroma(frame, grey[frame.index - shot.start], out.ab, layout)
+                )
+            else:
+                writer.write(frame.luma, engine.artist_chroma(frame, image))
     progress.shot_done(shot_index)
     return dest
 

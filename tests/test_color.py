@@ -133,3 +133,59 @@ def test_legal_chroma_fits_the_luma_it_is_shown_with(matrix: str) -> None:
     ratio = np.linalg.norm(legal, axis=0) / np.linalg.norm(wild, axis=0)  # one scale per pixel: hue kept
     np.testing.assert_allclose(legal, wild * ratio, atol=1e-6)
     assert ratio.max() <= 1.0 + 1e-6 and np.median(ratio[5:-5]) > 0.2
+
+
+@pytest.mark.parametrize(
+    ("size", "bit_depth", "out_depth", "subsampling"),
+    [((72, 130), 8, 8, (1, 1)), ((71, 129), 10, 10, (2, 1)), ((72, 130), 8, 10, (2, 2))],
+)
+def test_full_chroma_codes_match_the_numpy_reference(
+    size: tuple[int, int], bit_depth: int, out_depth: int, subsampling: tuple[int, int]
+) -> None:
+    """The device path (torch) gives the chroma codes of the numpy steps it replaces: Lab -> Cb, Cr
+    at working resolution, guided upsampling, legal chroma, block means, quantisation: at most one
+    code apart (rounding of float32 sums in another order), 99 % equal."""
+    import torch
+
+    from pipeline.color import (
+        chroma_from_rgb,
+        chroma_levels,
+        chroma_to_codes,
+        codes_to_luma,
+        full_chroma_codes,
+        guided_upsample,
+        legal_chroma,
+        lightness_from_grey,
+        rgb_from_lab,
+    )
+    from pipeline.images import resize_planes
+    from pipeline.media.encode import _subsample
+
+    rng = np.random.default_rng(5)
+    h, w = size
+    yy, xx = np.indices(size)
+    top = 2**bit_depth - 1
+    luma = np.clip(top * (0.5 + 0.45 * np.sin(xx / 7.0) * np.cos(yy / 5.0)) + rng.normal(0, top / 50, size), 0, top)
+    luma = luma.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    grey = codes_to_luma(luma, bit_depth, "tv")
+    small = resize_planes(grey[None], (h // 3, w // 3))[0]
+    ab = np.stack([40 * np.sin(np.arange(w // 3) / 4.0)[None].repeat(h // 3, 0), rng.normal(0, 25, (h // 3, w // 3))])
+    ab = ab.astype(np.float32)
+    rgb = rgb_from_lab(lightness_from_grey(small), ab)
+    reference = legal_chroma(grey, guided_upsample(chroma_from_rgb(rgb, "bt709"), grey), "bt709")
+    reference = chroma_to_codes(_subsample(reference, *subsampling), out_depth, "tv").astype(np.int32)
+    luma_t = torch.from_numpy(luma if bit_depth == 8 else luma.view(np.int16))
+    codes = full_chroma_codes(
+        luma_t,
+        torch.from_numpy(small),
+        torch.from_numpy(ab),
+        bit_depth=bit_depth,
+        color_range="tv",
+        matrix="bt709",
+        out_depth=out_depth,
+        subsampling=subsampling,
+    ).numpy()
+    assert codes.shape == reference.shape
+    diff = np.abs(codes - reference)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert np.abs(reference - chroma_levels(out_depth, "tv")[0]).mean() > 2  # the frame is coloured

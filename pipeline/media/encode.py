@@ -422,28 +422,61 @@ class ReelWriter:
             raise ValueError(f"{self.dest}: frame {i}: chroma has non-finite values (NaN or inf); not written")
         if self.spec.is_sequence:
             self._write_image(i, luma, chroma)
-        else:
-            assert self._out is not None and self._video is not None  # set by _open for a reel
-            frame = self._video_frame(luma, chroma)
-            frame.pts = i
-            frame.time_base = 1 / self.fps
-            self._out.mux(self._video.encode(frame))
+            self.frames_written += 1
+            self._mux_audio_until(Fraction(i + 1) / self.fps)
+            return
+        sx, sy, depth = self.chroma_layout
+        # None: neutral grey, a (2, 1, 1) zero broadcast over the planes
+        sub = np.zeros((2, 1, 1), dtype=np.float32) if chroma is None else _subsample(chroma, sx, sy)
+        self._encode(luma, chroma_to_codes(sub, depth, src.luma_range))
+
+    @property
+    def chroma_layout(self) -> tuple[int, int, int]:
+        """(sx, sy, depth) of the reel's chroma planes: subsampling (2, 1 for 4:2:2, 2, 2 for
+        4:2:0) and code bit depth, what :meth:`write_codes` takes. Reels only, not sequences."""
+        if self.spec.is_sequence:
+            raise ValueError("an image sequence is written as RGB: it has no chroma planes")
+        src = self.source
+        fmt = av.VideoFormat(self.spec.pix_fmt(src.bit_depth))
+        sx = 2 if fmt.chroma_width(src.width) < src.width else 1
+        sy = 2 if fmt.chroma_height(src.height) < src.height else 1
+        return sx, sy, fmt.components[0].bits
+
+    def write_codes(self, luma: np.ndarray, chroma_codes: np.ndarray) -> None:
+        """Append one frame whose chroma is already in the reel's planes: ``chroma_codes``
+        (2, ceil(H / sy), ceil(W / sx)) integer Cb, Cr codes at the depth and range of
+        :attr:`chroma_layout` (e.g. :func:`pipeline.color.full_chroma_codes`)."""
+        sx, sy, _ = self.chroma_layout
+        src = self.source
+        want = (2, -(-src.height // sy), -(-src.width // sx))
+        if chroma_codes.shape != want:
+            raise ValueError(f"chroma codes must be {want}, got {chroma_codes.shape}")
+        self._encode(luma, chroma_codes)
+
+    def _encode(self, luma: np.ndarray, codes: np.ndarray) -> None:
+        src = self.source
+        if luma.shape != (src.height, src.width):
+            raise ValueError(f"luma must be ({src.height}, {src.width}), got {luma.shape}")
+        if self.template is not None:
+            raise ValueError("a ReelWriter opened with a template takes segments (append), not frames")
+        assert self._out is not None and self._video is not None  # set by _open for a reel
+        i = self.frames_written
+        frame = self._video_frame(luma, codes)
+        frame.pts = i
+        frame.time_base = 1 / self.fps
+        self._out.mux(self._video.encode(frame))
         self.frames_written += 1
         self._mux_audio_until(Fraction(i + 1) / self.fps)
 
-    def _video_frame(self, luma: np.ndarray, chroma: np.ndarray | None) -> av.VideoFrame:
+    def _video_frame(self, luma: np.ndarray, codes: np.ndarray) -> av.VideoFrame:
+        """A frame of the reel's pixel format: ``luma`` at the source depth, chroma ``codes`` at
+        the output depth, subsampled (or (2, 1, 1), broadcast)."""
         src = self.source
         fmt = av.VideoFormat(self.spec.pix_fmt(src.bit_depth))
         depth = fmt.components[0].bits
         dtype = np.dtype(np.uint8) if depth == 8 else np.dtype("<u2")
         frame = av.VideoFrame(src.width, src.height, fmt.name)
-        rng = src.luma_range
         _writable_plane(frame, 0, dtype)[...] = change_depth(luma, src.bit_depth, depth)
-        sx = 2 if fmt.chroma_width(src.width) < src.width else 1
-        sy = 2 if fmt.chroma_height(src.height) < src.height else 1
-        # None: neutral grey, a (2, 1, 1) zero broadcast over the planes
-        sub = np.zeros((2, 1, 1), dtype=np.float32) if chroma is None else _subsample(chroma, sx, sy)
-        codes = chroma_to_codes(sub, depth, rng)
         for k in (1, 2):
             _writable_plane(frame, k, dtype)[...] = codes[k - 1]
         # Some encoders (prores_ks) take the colour tags from each frame, not the context.
