@@ -397,12 +397,28 @@ _LAUNCHER = (
 )
 
 
-def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, work_size: int) -> dict[str, float]:
+def run_postprod(
+    reel: Path,
+    refs: Path,
+    out: Path,
+    workdir: Path,
+    engine: str,
+    work_size: int,
+    *,
+    device: str = "cpu",
+    checkout: Path | None = None,
+    profile: Path | None = None,
+) -> dict[str, float]:
     """``postprod run --codec ffv1 --device cpu`` in a fresh process, its output (stdout and
     stderr) logged to ``<workdir's parent>/<out's stem>.log``; raises RuntimeError naming the log
-    if it fails. Returns its wall time (``seconds``) and peak resident memory (``peak_rss_mib``)."""
+    if it fails. Returns its wall time (``seconds``) and peak resident memory (``peak_rss_mib``).
+
+    ``device``: ``--device``; ``checkout``: run that checkout's code (its root becomes the current
+    folder, so ``-m cli`` imports it; paths must be absolute), default this one; ``profile``:
+    run under cProfile, its statistics written there."""
     cmd = [
         sys.executable,
+        *(["-m", "cProfile", "-o", str(profile)] if profile is not None else []),
         "-m",
         "cli",
         "run",
@@ -417,7 +433,7 @@ def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, 
         "--workdir",
         str(workdir),
         "--device",
-        "cpu",
+        device,
         "--work-size",
         str(work_size),
         "--engine",
@@ -425,7 +441,9 @@ def run_postprod(reel: Path, refs: Path, out: Path, workdir: Path, engine: str, 
     ]
     log = workdir.parent / f"{out.stem}.log"
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(log), *cmd], capture_output=True, text=True, cwd=checkout
+    )
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
