@@ -118,7 +118,8 @@ def build_reel(
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:
             # PNG: the decoded true frame, pixel for pixel what is scored
-            write_rgb(refs / f"frame-{shot.start + k}.png", truth(shot.frames[k], size), bit_depth=16)
+            ref = truth(shot.frames[k], size)
+            write_rgb(refs / f"frame-{shot.start + k}.png", ref, bit_depth=8 if size is None else 16)
     return reel, refs, shots
 
 

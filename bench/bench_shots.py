@@ -1,6 +1,6 @@
 """Shot-detection benchmark: postprod's luma detector against PySceneDetect, see bench/README.md.
 
-    python -m bench.bench_shots [--out bench/results/shots.json] [--repeat 3] [--work DIR]
+    python -m bench.bench_shots [--out bench/results/shots.json] [--repeat 3] [--work DIR] [--shared-pass]
 
 Reels (made in a temporary folder unless ``--work`` is given, where they are kept):
 - ``davis-grey-{0,1,2}``: 8 DAVIS sequences each, in three seeded orders, turned grey and encoded
@@ -20,6 +20,11 @@ interleaved ``--repeat`` times; wall time includes opening and decoding, and so 
 wall time). A detected boundary
 (first frame of a new shot) matches a true one when it lies within 1 frame of the true cut, or
 of the true transition's frame range for fades and dissolves; each true transition matches once.
+
+``--shared-pass``: instead, on the same reels, the one decode pass ``postprod run`` makes in
+prepare (``pipeline.run.analyse_reel``: every frame decoded exactly, shot detection and the
+working-resolution grey stored) against a bare decode (PyAV, every frame, nothing else) and
+postprod's own decoding (``iter_frames``: the luma as arrays), best of ``--repeat``.
 """
 
 from __future__ import annotations
@@ -316,6 +321,63 @@ def run(work: Path, repeat: int) -> dict:
     }
 
 
+def shared_pass(path: Path, dest: Path) -> list[int]:
+    """``pipeline.run.analyse_reel`` at the default working size: shots and stored grey in one pass."""
+    from pipeline.media.probe import probe
+    from pipeline.run import analyse_reel, work_size_of
+    from pipeline.settings import RunSettings
+
+    info = probe(path)
+    dest.unlink(missing_ok=True)
+    return [s.start for s in analyse_reel(path, info, dest, work_size_of(info, RunSettings())).shots[1:]]
+
+
+def decode_postprod(path: Path) -> list[int]:
+    """Every frame through postprod's decoder (``iter_frames``: luma planes as arrays), nothing else."""
+    from pipeline.media.decode import iter_frames
+
+    for _ in iter_frames(path):
+        pass
+    return []
+
+
+def run_shared_pass(work: Path, repeat: int) -> dict:
+    """The shared decode pass against bare decoding on every reel; JSON-ready."""
+    methods: dict[str, Callable[[Path], list[int]]] = {
+        "shared pass": lambda p: shared_pass(p, work / f"{p.stem}-grey.npy"),
+        "decode (PyAV)": decode_only_pyav,
+        "decode (iter_frames)": decode_postprod,
+    }
+    results: dict[str, dict] = {}
+    for name, path, truth, _ in build_reels(work):
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        found: list[int] = []
+        for _ in range(repeat):
+            for m, f in methods.items():
+                t0 = time.perf_counter()
+                got = f(path)
+                times[m].append(time.perf_counter() - t0)
+                found = got or found
+        best = {m: min(t) for m, t in times.items()}
+        results[name] = {
+            "seconds_min": best,
+            "ratio_to_pyav": best["shared pass"] / best["decode (PyAV)"],
+            "ratio_to_iter_frames": best["shared pass"] / best["decode (iter_frames)"],
+            "f1": score(found, truth)["f1"],
+        }
+        print(f"{name}: " + ", ".join(f"{m} {t:.2f}s" for m, t in best.items()), file=sys.stderr)
+    return {"environment": {"cpus": os.cpu_count(), "pyav": av.__version__, "repeat": repeat}, "reels": results}
+
+
+def shared_pass_markdown(report: dict) -> str:
+    rows = []
+    for name, r in report["reels"].items():
+        ratios = [f"{r['ratio_to_pyav']:.2f}x", f"{r['ratio_to_iter_frames']:.2f}x", f"{r['f1']:.2f}"]
+        rows.append([name, *(f"{t:.2f}" for t in r["seconds_min"].values()), *ratios])
+    head = ["reel", "shared pass s", "decode PyAV s", "decode iter_frames s", "/ PyAV", "/ iter_frames", "F1"]
+    return markdown_table(head, rows)
+
+
 def davis_total(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     """Per method, the scores pooled over the DAVIS reels (counts summed) and the summed times."""
     total: dict[str, dict[str, float]] = {}
@@ -387,7 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/shots.json"), help="JSON results")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per method and reel (best is kept)")
     parser.add_argument("--work", type=Path, help="keep the generated reels in this folder")
+    parser.add_argument("--shared-pass", action="store_true", help="time prepare's shared decode pass instead")
     args = parser.parse_args(argv)
+    if args.shared_pass:
+        with tempfile.TemporaryDirectory(prefix="bench_shots_") as tmp:
+            report = run_shared_pass(args.work or Path(tmp), args.repeat)
+        table = shared_pass_markdown(report)
+        report["table_markdown"] = table
+        write_json(args.out, report)
+        print(table)
+        print(f"\nwritten {args.out}")
+        return 0
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
         report = run(args.work, args.repeat)

@@ -144,7 +144,8 @@ class ShotColourer:
         -> Cb, Cr at working resolution, guided upsampling by the full-resolution luma (chroma
         edges follow the source's detail), limited to what that luma can show (black and white
         stay neutral), subsampled and quantised: :func:`pipeline.color.full_chroma_codes`. The
-        luma goes to the device once, the codes come back once: (2, H', W') int32.
+        luma goes to the device once, the codes come back once: (2, H', W') int32, for
+        :meth:`~pipeline.media.encode.ReelWriter.write`.
         """
         import torch
 

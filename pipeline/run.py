@@ -222,9 +222,7 @@ def colorize_shot(
         for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
             image = artist.get(frame.index)
             if image is None:
-                writer.write_codes(
-                    frame.luma, engine.full_chroma(frame, grey[frame.index - shot.start], out.ab, layout)
-                )
+                writer.write(frame.luma, engine.full_chroma(frame, grey[frame.index - shot.start], out.ab, layout))
             else:
                 writer.write(frame.luma, engine.artist_chroma(frame, image))
     progress.shot_done(shot_index)

@@ -8,7 +8,7 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
                               the reel's grey at working resolution, (frames, h, w) uint16
                               (:func:`pipeline.color.work_grey_codes`), from prepare's one decode pass
                               (:func:`lightness_path`); colorization reads it instead of decoding
-    segments/shot-<i>-<key>.<codec>.mkv|mov
+    segments/shot-<i>-<key>.mkv|mov
                               shot i coloured: the source's luma codes + chroma in the output
                               codec when that is intra-only (:data:`~pipeline.media.encode.REMUX_CODECS`,
                               joined by remuxing), else lossless FFV1 (:func:`segment_codec`);
@@ -176,11 +176,10 @@ def segment_codec(codec: CodecName) -> CodecName:
 
 
 def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
-    """``<workdir>/segments/shot-<i:04d>-<shot_key>.<codec>.mkv|mov``: where shot ``shot_index``'s
-    result lives, in :func:`segment_codec`'s codec (its container's suffix)."""
-    codec = segment_codec(settings.codec)
-    key = shot_key(plan, shot_index, settings)
-    return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{key}.{codec}{CODECS[codec].suffixes[0]}"
+    """``<workdir>/segments/shot-<i:04d>-<shot_key>.mkv|mov``: where shot ``shot_index``'s result
+    lives, in :func:`segment_codec`'s codec (the key covers it; the suffix is its container's)."""
+    suffix = CODECS[segment_codec(settings.codec)].suffixes[0]
+    return Path(workdir) / SEGMENTS / f"shot-{shot_index:04d}-{shot_key(plan, shot_index, settings)}{suffix}"
 
 
 def lightness_path(workdir: Path, reel: Path, size: tuple[int, int]) -> Path:

@@ -604,6 +604,22 @@ def full_after(frames: int, when: Callable[[ReelWriter], bool] = lambda w: True)
     return write
 
 
+def full_append_after(frames: int, when: Callable[[ReelWriter], bool]) -> Callable[..., int]:
+    """A ReelWriter.append (segments joined by remuxing) that fails like a full disk once ``frames`` frames are in."""
+    real = ReelWriter.append
+
+    def append(self: ReelWriter, segment: Path, on_frame: Callable[[], None] | None = None) -> int:
+        def check() -> None:
+            if self.frames_written >= frames and when(self):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if on_frame is not None:
+                on_frame()
+
+        return real(self, segment, check)
+
+    return append
+
+
 def test_disk_full_in_transcode_is_one_line_and_leaves_nothing(
     tmp_path: Path, small_clip: Clip, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -639,6 +655,7 @@ def test_disk_full_in_run_leaves_the_work_folder_resumable(
 
     with monkeypatch.context() as m:  # now the final output's disk is full
         m.setattr(ReelWriter, "write", full_after(20, lambda w: w.dest == out))
+        m.setattr(ReelWriter, "append", full_append_after(20, lambda w: w.dest == out))  # FFV1: remuxed
         with pytest.raises(PostprodError, match=f"while writing {out}$"):
             run_reel(reel, refs, out, workdir=work, settings=settings)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]

@@ -411,13 +411,25 @@ class ReelWriter:
         return appended
 
     def write(self, luma: np.ndarray, chroma: np.ndarray | None = None) -> None:
-        """Append one frame (see the class docstring for shapes and ranges)."""
+        """Append one frame (see the class docstring for shapes and ranges).
+
+        ``chroma`` may also be the frame's chroma planes already quantised: an integer array
+        (2, ceil(H / sy), ceil(W / sx)) of Cb, Cr codes at the depth and range of
+        :attr:`chroma_layout` (e.g. :func:`pipeline.color.full_chroma_codes`), written as they are.
+        """
         src = self.source
         if self.template is not None:
             raise ValueError("a ReelWriter opened with a template takes segments (append), not frames")
         if luma.shape != (src.height, src.width):
             raise ValueError(f"luma must be ({src.height}, {src.width}), got {luma.shape}")
         i = self.frames_written
+        if chroma is not None and np.issubdtype(chroma.dtype, np.integer):
+            sx, sy, _ = self.chroma_layout
+            want = (2, -(-src.height // sy), -(-src.width // sx))
+            if chroma.shape != want:
+                raise ValueError(f"chroma codes must be {want}, got {chroma.shape}")
+            self._encode(luma, chroma)
+            return
         if chroma is not None and not np.isfinite(chroma).all():  # NaN would be encoded as a colour
             raise ValueError(f"{self.dest}: frame {i}: chroma has non-finite values (NaN or inf); not written")
         if self.spec.is_sequence:
@@ -433,7 +445,7 @@ class ReelWriter:
     @property
     def chroma_layout(self) -> tuple[int, int, int]:
         """(sx, sy, depth) of the reel's chroma planes: subsampling (2, 1 for 4:2:2, 2, 2 for
-        4:2:0) and code bit depth, what :meth:`write_codes` takes. Reels only, not sequences."""
+        4:2:0) and code bit depth, what :meth:`write` takes as codes. Reels only, not sequences."""
         if self.spec.is_sequence:
             raise ValueError("an image sequence is written as RGB: it has no chroma planes")
         src = self.source
@@ -442,23 +454,7 @@ class ReelWriter:
         sy = 2 if fmt.chroma_height(src.height) < src.height else 1
         return sx, sy, fmt.components[0].bits
 
-    def write_codes(self, luma: np.ndarray, chroma_codes: np.ndarray) -> None:
-        """Append one frame whose chroma is already in the reel's planes: ``chroma_codes``
-        (2, ceil(H / sy), ceil(W / sx)) integer Cb, Cr codes at the depth and range of
-        :attr:`chroma_layout` (e.g. :func:`pipeline.color.full_chroma_codes`)."""
-        sx, sy, _ = self.chroma_layout
-        src = self.source
-        want = (2, -(-src.height // sy), -(-src.width // sx))
-        if chroma_codes.shape != want:
-            raise ValueError(f"chroma codes must be {want}, got {chroma_codes.shape}")
-        self._encode(luma, chroma_codes)
-
     def _encode(self, luma: np.ndarray, codes: np.ndarray) -> None:
-        src = self.source
-        if luma.shape != (src.height, src.width):
-            raise ValueError(f"luma must be ({src.height}, {src.width}), got {luma.shape}")
-        if self.template is not None:
-            raise ValueError("a ReelWriter opened with a template takes segments (append), not frames")
         assert self._out is not None and self._video is not None  # set by _open for a reel
         i = self.frames_written
         frame = self._video_frame(luma, codes)
