@@ -268,6 +268,19 @@ def test_detect_shots_goes_coarse_to_fine_on_an_intra_only_reel(intra_reel: Path
     assert coarse.frames == 300 and coarse.shots[-1].end == 300
 
 
+def test_detect_shots_shares_its_decode_pass(intra_reel: Path) -> None:
+    """With ``on_frame`` every frame is handed over once, in order, as decoded exactly (not in
+    analysis mode), and the shots are those of dense detection."""
+    from pipeline.media.decode import iter_frame_ranges
+
+    seen = []
+    shared = detect_shots(intra_reel, on_frame=seen.append)
+    assert shared == detect_shots(intra_reel, settings=ShotSettings(coarse_step=1))
+    assert [f.index for f in seen] == list(range(300))
+    for f, g in zip(seen[::50], iter_frame_ranges(intra_reel, [range(0, 300, 50)]), strict=True):
+        assert np.array_equal(f.luma, g.luma)
+
+
 # --- writers ----------------------------------------------------------------------------------
 
 
