@@ -284,7 +284,7 @@ def bench(
         result["media"] = check_media(reel, out)
         if stats is not None:
             result["profile"] = stage_profile(stats, result["seconds"])
-        if scored:
+        if scored and name != "profiled":  # the same pixels as "this"
             result |= score(out, shots, keyframes, size)
         runs[name] = result
     this = runs["this"]
