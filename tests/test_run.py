@@ -228,3 +228,27 @@ def test_no_terminal_prints_one_line_per_shot(tmp_path: Path) -> None:
     for shot, line in enumerate(lines[:2]):
         assert re.fullmatch(rf"postprod: shot {shot}: 12 frames in [0-9.]+ s \([0-9.]+ frames/s\)", line)
     assert re.fullmatch(r"postprod: assembled 24 frames in [0-9.]+ s", lines[2])
+
+
+def test_terminal_line_counts_frames_coloured_and_an_eta_over_the_reel() -> None:
+    import io
+
+    from cli.progress import ReelProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = ReelProgress(out, tty=True, clock=lambda: now[0])
+    bar.reel(2, 20)
+    bar.shot(0, 10)
+    assert "shot 1/2 (keyframes)  0/20 frames" in out.getvalue()
+    now[0] = 5.0  # keyframes took 5 s; then the two passes of 10 frames, 1 s a step
+    for k in range(1, 21):
+        now[0] += 1.0
+        bar.step(k, 20)
+    bar.shot_done(0)
+    # 10 frames in 25 s: 0.4 frames/s over the reel so far, 10 frames left: 25 s
+    assert bar.status() == "between shots  10/20 frames  0.4 frames/s  ETA 25s"
+    bar.shot(1, 10)
+    now[0] += 5.0
+    bar.step(10, 20)  # half of shot 1: 15 frames in 30 s
+    assert bar.status() == "shot 2/2 (propagating)  15/20 frames  0.5 frames/s  ETA 10s"
