@@ -295,6 +295,11 @@ def bench(
     return this
 
 
+def _timed(run: dict) -> list[str]:
+    cpu = run.get("cpu_seconds", 0)
+    return [f"{run['seconds']:.1f}", f"{run['fps']:.3f}", f"{cpu:.1f}", f"{run['peak_rss_mib']:.0f}"]
+
+
 def _scored(run: dict) -> list[str]:
     return [f"{run['psnr_nonkey']:.2f}" if "psnr_nonkey" in run else "-", str(run["media"])]
 
@@ -339,14 +344,12 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             markdown_table(
-                ["checkout", "seconds", "frames/s", "peak memory MiB", "PSNR non-key dB", "media"],
-                [
-                    [name, f"{x['seconds']:.1f}", f"{x['fps']:.3f}", f"{x['peak_rss_mib']:.0f}", *_scored(x)]
-                    for name, x in ((result["base"], b), ("this", r))
-                ],
+                ["checkout", "seconds", "frames/s", "CPU s", "peak memory MiB", "PSNR non-key dB", "media"],
+                [[name, *_timed(x), *_scored(x)] for name, x in ((result["base"], b), ("this", r))],
             ),
             "",
-            f"speed-up: {r['fps'] / b['fps']:.2f}x",
+            f"speed-up: {r['fps'] / b['fps']:.2f}x in frames/s, "
+            f"{b.get('cpu_seconds', 0) / max(r.get('cpu_seconds', 0), 1e-9):.2f}x in CPU time",
         ]
     if "profile" in r:
         p = r["profile"]

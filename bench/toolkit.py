@@ -392,7 +392,7 @@ def available_methods(names: Sequence[str] | None = None, device: str = "cpu") -
 # reports that grandchild's ru_maxrss (KiB) on its stdout's last line.
 _LAUNCHER = (
     "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'w'), "
-    "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss); "
+    "stderr=subprocess.STDOUT); _, s, u = os.wait4(p.pid, 0); print(u.ru_maxrss, u.ru_utime + u.ru_stime); "
     "sys.exit(os.waitstatus_to_exitcode(s))"
 )
 
@@ -411,7 +411,8 @@ def run_postprod(
 ) -> dict[str, float]:
     """``postprod run --codec ffv1 --device cpu`` in a fresh process, its output (stdout and
     stderr) logged to ``<workdir's parent>/<out's stem>.log``; raises RuntimeError naming the log
-    if it fails. Returns its wall time (``seconds``) and peak resident memory (``peak_rss_mib``).
+    if it fails. Returns its wall time (``seconds``), CPU time (``cpu_seconds``, user + system, of
+    the process and the children it waited for) and peak resident memory (``peak_rss_mib``).
 
     ``device``: ``--device``; ``checkout``: run that checkout's code (its root becomes the current
     folder, so ``-m cli`` imports it; paths must be absolute), default this one; ``profile``:
@@ -447,7 +448,9 @@ def run_postprod(
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
-    return {"seconds": seconds, "peak_rss_mib": int(proc.stdout.split()[-1]) / 1024}  # ru_maxrss: KiB on Linux
+    maxrss, cpu = proc.stdout.split()[-2:]
+    # ru_maxrss: KiB on Linux; CPU time of all its threads, which a loaded machine does not inflate
+    return {"seconds": seconds, "peak_rss_mib": int(maxrss) / 1024, "cpu_seconds": float(cpu)}
 
 
 def audio_packets(path: Path) -> list[bytes]:
