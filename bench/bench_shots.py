@@ -470,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared-pass", action="store_true", help="time prepare's shared decode pass instead")
     args = parser.parse_args(argv)
     if args.shared_pass:
+        if args.work:
+            args.work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="bench_shots_") as tmp:
             report = run_shared_pass(args.work or Path(tmp), args.repeat)
         table = shared_pass_markdown(report)
