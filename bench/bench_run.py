@@ -32,7 +32,7 @@ of ``postprod`` (no CLI, no Prefect: what ``bench/gpu_check.sh`` runs on a bare 
 with ``--device cuda`` also the GPU's busy time (torch.profiler: the CUDA kernels' time over
 the wall time) and the peak GPU memory (``torch.cuda.max_memory_allocated``). ``--synthetic``:
 a generated reel of two 12-frame shots (``pipeline.media.synth.write_cut_reel``, at ``--size``,
-default 192x128) with exemplars, checked but not scored, for when there is no DAVIS folder.
+default 192x128; one shot above a megapixel) with exemplars, checked but not scored, for when there is no DAVIS folder.
 ``--memory-check`` also runs the same reel 4 times longer (sequences repeated, refs for every
 shot) and reports both peak memories. DAVIS is for evaluation only.
 """
@@ -233,10 +233,13 @@ def run_here(reel: Path, refs: Path, out: Path, workdir: Path, work_size: int, d
 
 
 def synthetic_reel(dest: Path, size: Size) -> tuple[Path, Path]:
-    """Two 12-frame hard-cut shots at ``size`` (default 192x128) and an exemplar for each."""
+    """Two 12-frame hard-cut shots at ``size`` (default 192x128), one above a megapixel (a smoke
+    test's time), and an exemplar for each."""
     w, h = size or (192, 128)
+    shots = 1 if w * h > 1_000_000 else 2
     dest.mkdir(parents=True)
-    return write_cut_reel(dest / "reel.mkv", 2, 12, width=w, height=h), write_shot_refs(dest / "refs", (0, 1))
+    reel = write_cut_reel(dest / "reel.mkv", shots, 12, width=w, height=h)
+    return reel, write_shot_refs(dest / "refs", range(shots))
 
 
 def bench(
