@@ -52,16 +52,9 @@ from bench.toolkit import (
     write_json,
 )
 from pipeline.errors import PostprodError
+from pipeline.flow import DISFlow, warp
 from pipeline.metrics import psnr, ssim
-from pipeline.propagate import (
-    MemoryStore,
-    PropagationSettings,
-    optical_flow,
-    propagate_shot,
-    to_working,
-    upsample_chroma,
-    warp,
-)
+from pipeline.propagate import MemoryStore, PropagationSettings, propagate_shot, to_working, upsample_chroma
 
 DEFAULT_OUT = Path("bench") / "results" / "propagation.json"
 METHODS = ("copy", "flow", "image", "full")
@@ -92,8 +85,9 @@ def copy_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple
 def flow_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """DIS (medium) flow chained frame to frame from each keyframe, forward and backward, the
     chains averaged linearly by temporal distance between two keyframes."""
-    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = DISFlow(finest_scale=1)  # the medium preset's own finest level
     n, order = len(luma), sorted(keys)
+    frames_l = torch.from_numpy(np.ascontiguousarray(luma, dtype=np.float32))[:, None]
 
     def chain(frames: range) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
@@ -102,7 +96,9 @@ def flow_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple
             if t in keys:
                 ab = keys[t]
             elif ab is not None:
-                ab = warp(ab, optical_flow(luma[t], luma[t - 1 if frames.step > 0 else t + 1], dis))
+                s = t - 1 if frames.step > 0 else t + 1
+                flow = dis.flow(frames_l[t : t + 1], frames_l[s : s + 1])
+                ab = warp(torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))[None], flow)[0].numpy()
             if ab is not None:
                 out[t] = ab
         return out

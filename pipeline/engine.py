@@ -124,6 +124,7 @@ class ShotColourer:
             length=shot.end - shot.start,
             colorizer=colorizer,
             settings=settings,
+            device=str(self.device),
             on_step=on_step,
         )
 
