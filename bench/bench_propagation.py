@@ -26,8 +26,12 @@ evaluation only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -52,7 +56,7 @@ from bench.toolkit import (
     write_json,
 )
 from pipeline.errors import PostprodError
-from pipeline.flow import DISFlow, warp
+from pipeline.flow import FLOW_METHODS, DISFlow, warp
 from pipeline.metrics import psnr, ssim
 from pipeline.propagate import MemoryStore, PropagationSettings, propagate_shot, to_working, upsample_chroma
 
@@ -154,6 +158,22 @@ def full_method(settings: PropagationSettings) -> Method:
         yield from ((t, f.ab) for t, f in enumerate(frames))
 
     return run
+
+
+def run_base(args: argparse.Namespace, name: str, variant: str) -> dict[str, Any]:
+    """The full method of the worktree ``args.base`` (another commit) on one sequence: this
+    bench as that worktree has it, in a subprocess (its own modules), same options."""
+    with tempfile.TemporaryDirectory(prefix="bench-propagation-base-") as tmp:
+        out = Path(tmp) / "base.json"
+        command = [sys.executable, "-m", "bench.bench_propagation", "--davis", str(args.davis.resolve())]
+        command += ["--sequences", name, "--variants", variant, "--methods", "full", "--out", str(out)]
+        command += ["--work-size", str(args.work_size), "--lpips-every", str(args.lpips_every)]
+        if args.max_frames is not None:
+            command += ["--max-frames", str(args.max_frames)]
+        done = subprocess.run(command, cwd=args.base, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise PostprodError(args.base, f"the base bench failed: {done.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.read_text())["variants"][variant]["shots"][name]["full"]
 
 
 # --- temporal metrics (warp error: bench.toolkit) -----------------------------------------
@@ -336,6 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lpips-every", type=int, default=5, help="LPIPS on every K-th scored frame (default: %(default)s)"
     )
+    parser.add_argument(
+        "--flows",
+        nargs="+",
+        choices=FLOW_METHODS,
+        default=["auto"],
+        help="flow backends of the full method, one row each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a worktree of another commit: its full method runs on each sequence too, in a subprocess "
+        "(row 'full (base)')",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -348,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
             "copy": lambda: copy_method,
             "flow": lambda: flow_method,
             "image": lambda: image_method(args.image_stride),
-            "full": lambda: full_method(settings),
         }
-        methods = {m: builders[m]() for m in args.methods}
+        methods = {m: builders[m]() for m in args.methods if m != "full"}
+        if "full" in args.methods:
+            for flow in args.flows:
+                name = "full" if len(args.flows) == 1 else f"full ({flow})"
+                methods[name] = full_method(dataclasses.replace(settings, flow=flow))
         lpips_model = load_lpips()
         result: dict = {
             "variants": {},
@@ -371,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in sequences:
                 shot = load_shot(args.davis, name, args.max_frames)
                 shots[name] = evaluate(shot, variant, methods, args.work_size, lpips_model, args.lpips_every)
+                if args.base is not None:
+                    shots[name] = {"full (base)": run_base(args, name, variant)} | shots[name]
                 print(
                     f"{variant} {name}: "
                     + ", ".join(f"{m} {s['psnr']:.2f} dB" for m, s in shots[name].items() if "psnr" in s),

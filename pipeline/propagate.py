@@ -89,7 +89,7 @@ as (dx, dy) with ``frame_from(x) ~ frame_to(x + flow(x))``.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +107,9 @@ if TYPE_CHECKING:
     from model.transfer import FeatureExtractor
 
 Colorizer = Callable[[Tensor, Sequence[Tensor]], Tensor]
-"""``colorizer(target_l, references) -> ab``: target_l (1, 1, h, w) float32 L in [0, 100];
-references: (1, 3, h_r, w_r) float32 Lab images; returns (1, 2, h, w) float32 ab, on the
-target's device."""
+"""``colorizer(target_l, references) -> ab``: target_l (B, 1, h, w) float32 L in [0, 100], B
+frames coloured from the same references; references: (1, 3, h_r, w_r) float32 Lab images;
+returns (B, 2, h, w) float32 ab, on the target's device."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,7 @@ class PropagationSettings:
     attention_position_sigma: image-position prior of the default colorizer, in image
         heights/widths (None: none; ``model.transfer.transfer_colour``).
     confidence_power: the output is C^p * propagated + (1 - C^p) * attention term (step f).
-    flow: optical flow backend (``pipeline.flow.flow_backend``: "auto" is DIS on a CPU, the
-        torch backend on CUDA).
+    flow: optical flow backend (``pipeline.flow.flow_backend``: "auto" is OpenCV DIS).
     flow_finest_scale: finest DIS pyramid level (0: the working resolution; the medium
         preset's own is 1).
     flow_batch: frame pairs whose consecutive flows are computed in one call.
@@ -384,16 +383,36 @@ def fusion_weights(conf_a: Tensor, dist_a: int, conf_b: Tensor, dist_b: int) -> 
 # --- the sweeps ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """The colour-independent part of one sweep step (flows, confidences, the keyframe anchor),
+    each (1, C, h, w) on the device.
+
+    back: flow t -> s. conf: the path confidence after anchoring. key: the keyframe's colour at
+    the anchored coordinates (refined), its anchor weight, its restoring gain and C + gain (None
+    without ``anchor``; gain None without ``restore``). due: the attention term is computed here.
+    """
+
+    back: Tensor
+    conf: Tensor
+    key: tuple[Tensor, Tensor, Tensor | None, Tensor] | None
+    due: bool
+
+
 class _Sweep:
     """State of one sweep, on the propagation's device: what it holds is O(1) frames (previous
     L, ab, confidence, attention term, keyframe coordinates and the keyframe's Lab), each
-    (1, C, h, w) float32."""
+    (1, C, h, w) float32.
+
+    A run of frames is coloured in two passes (:meth:`run`): first what does not depend on colour
+    (flows, confidences, keyframe anchor), which tells which frames need the attention term;
+    then their attention term in one batch; then the colours, frame after frame."""
 
     def __init__(
         self, settings: PropagationSettings, colorizer: Colorizer | None, flows: FlowBackend, device: torch.device
     ) -> None:
         self.s = settings
-        self.colorizer = colorizer
+        self.colorizer = colorizer if settings.attention_every > 0 else None
         self.flows = flows
         # skipping the direct flows where nothing is unsure needs a host read: free on a CPU only
         self.lazy_direct = device.type == "cpu"
@@ -408,10 +427,22 @@ class _Sweep:
         self.since_attention = 0
         self.anchor = pixel_grid(l.shape, device=l.device)
 
-    def _anchored(self, l: Tensor, back: Tensor, conf: Tensor, propagated: Tensor) -> tuple[Tensor, Tensor]:
-        """Blend in the keyframe's own colours where frame t still sees keyframe content;
-        returns the blended ab (1, 2, h, w) and the path confidence (1, 1, h, w), restored where
-        the keyframe matches (``restore``).
+    def run(self, ls: Sequence[Tensor], flows: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """Colour the next frames of the sweep, L (1, 1, h, w) each, given the flows between each
+        and its previous frame ((t -> s, s -> t), (1, 2, h, w) each): their (ab (1, 2, h, w),
+        confidence (1, 1, h, w))."""
+        geometry = [self._geometry(l, back, fwd) for l, (back, fwd) in zip(ls, flows, strict=True)]
+        fresh: dict[int, Tensor] = {}
+        due = [i for i, g in enumerate(geometry) if g.due]
+        if due and self.colorizer is not None and not self.s.attention_previous:
+            batch = self.colorizer(torch.cat([ls[i] for i in due]), [self.key_lab])
+            fresh = {i: batch[j : j + 1] for j, i in enumerate(due)}
+        return [self._colour(l, g, fresh.get(i)) for i, (l, g) in enumerate(zip(ls, geometry, strict=True))]
+
+    def _geometry(self, l: Tensor, back: Tensor, fwd: Tensor) -> _Geometry:
+        """Path confidence and keyframe anchor of frame t (steps b, d): where frame t still sees
+        keyframe content, the keyframe's own colours, to be blended in, and the confidence
+        restored where the keyframe matches (``restore``).
 
         The keyframe coordinates of each pixel are composed along the chain, then corrected by a
         residual flow between frame t and the keyframe's L resampled there (undoing the
@@ -419,26 +450,34 @@ class _Sweep:
         (resampled once, so it never blurs or fades) replaces the chained colour with weight
         C * exp(-patch L error / anchor_scale)."""
         s = self.s
-        key_l = self.key_lab[:, :1]
-        coords = warp(self.anchor, back)
-        resampled = remap(key_l, coords)
-        coords = warp(coords, self.flows.flow(l, resampled))
-        if s.anchor_direct:
-            coords = self._direct(l, coords, conf)
-        self.anchor = coords
-        anchored = remap(self.key_lab, coords)
-        ab = refine_chroma(
-            l, anchored[:, :1], anchored[:, 1:], s.search_radius, s.match_temperature, s.distance_penalty
-        )
-        err = patch_error(l, anchored[:, :1])
-        weight = conf * torch.exp(-err / s.anchor_scale)
-        out = weight * ab + (1.0 - weight) * propagated
-        if not s.restore:
-            return out, conf
-        gain = (1.0 - conf) * torch.exp(-err / s.restore_scale)
-        total = conf + gain
-        # (C out + g ab) / (C + g), written so that pixels with C + g ~ 0 keep ``out`` (not grey)
-        return out + gain / total.clamp(min=1e-6) * (ab - out), total
+        consistency = flow_confidence(back, fwd, s.consistency_alpha, s.consistency_beta)
+        conf = warp(self.conf, back, border=0.0) * consistency
+        key = None
+        if s.anchor:
+            key_l = self.key_lab[:, :1]
+            coords = warp(self.anchor, back)
+            coords = warp(coords, self.flows.flow(l, remap(key_l, coords)))
+            if s.anchor_direct:
+                coords = self._direct(l, coords, conf)
+            self.anchor = coords
+            anchored = remap(self.key_lab, coords)
+            key_ab = refine_chroma(
+                l, anchored[:, :1], anchored[:, 1:], s.search_radius, s.match_temperature, s.distance_penalty
+            )
+            err = patch_error(l, anchored[:, :1])
+            weight = conf * torch.exp(-err / s.anchor_scale)
+            gain = (1.0 - conf) * torch.exp(-err / s.restore_scale) if s.restore else None
+            total = conf if gain is None else conf + gain
+            key, conf = (key_ab, weight, gain, total), total
+        self.conf = conf
+        due = False
+        if self.colorizer is not None:
+            self.since_attention += 1
+            if self.since_attention >= s.attention_every:
+                self.since_attention = 0
+                # one host read every ``attention_every`` frames
+                due = float((conf < UNSURE).float().mean()) >= s.attention_min_area
+        return _Geometry(back, conf, key, due)
 
     def _direct(self, l: Tensor, coords: Tensor, conf: Tensor) -> Tensor:
         """Keyframe coordinates (1, 2, h, w): the chain's ``coords``, or those of a direct flow
@@ -460,38 +499,32 @@ class _Sweep:
         closer = errors[:1] < s.anchor_direct_ratio * errors[1:]
         return torch.where(unsure & checked & closer, direct, coords)
 
-    def step(self, l: Tensor, back: Tensor, fwd: Tensor) -> tuple[Tensor, Tensor]:
-        """Colour the next frame of the sweep, L (1, 1, h, w), given the flows between it and the
-        previous frame (``back``: t -> s, ``fwd``: s -> t, (1, 2, h, w)): its (ab (1, 2, h, w),
-        confidence (1, 1, h, w))."""
+    def _colour(self, l: Tensor, g: _Geometry, fresh: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Colour frame t (steps c, d, e, f) from the previous output and ``g``; ``fresh``: its
+        new attention computation when batched (:meth:`run`)."""
         s = self.s
-        l_previous = self.l  # the previous output's L, for the colorizer's references below
-        consistency = flow_confidence(back, fwd, s.consistency_alpha, s.consistency_beta)
-        src = warp(torch.cat([self.l, self.ab], dim=1), back)
+        src = warp(torch.cat([self.l, self.ab], dim=1), g.back)
         propagated = refine_chroma(l, src[:, :1], src[:, 1:], s.search_radius, s.match_temperature, s.distance_penalty)
-        conf = warp(self.conf, back, border=0.0) * consistency
-        if s.anchor:
-            propagated, conf = self._anchored(l, back, conf, propagated)
-        self.l, self.conf = l, conf
-        if self.colorizer is None or s.attention_every <= 0:
+        if g.key is not None:
+            key_ab, weight, gain, total = g.key
+            propagated = weight * key_ab + (1.0 - weight) * propagated
+            if gain is not None:
+                # (C out + g ab) / (C + g), written so that pixels with C + g ~ 0 keep ``out`` (not grey)
+                propagated = propagated + gain / total.clamp(min=1e-6) * (key_ab - propagated)
+        l_previous, self.l = self.l, l
+        if self.colorizer is None:
             self.ab = propagated
-            return propagated, conf
+            return propagated, g.conf
         # the attention term is smooth (superpixel colours): carried by plain warping
-        attn = warp(self.attn, back)
-        self.since_attention += 1
-        if self.since_attention >= s.attention_every:
-            self.since_attention = 0
-            # one host read every ``attention_every`` frames
-            if float((conf < UNSURE).float().mean()) >= s.attention_min_area:
-                refs: list[Tensor] = [self.key_lab]
-                if s.attention_previous:
-                    refs.append(torch.cat([l_previous, self.ab], dim=1))
-                fresh = self.colorizer(l, refs)
-                attn = s.attention_blend * fresh + (1.0 - s.attention_blend) * attn
-        weight = conf.clamp(0.0, 1.0) ** s.confidence_power
+        attn = warp(self.attn, g.back)
+        if g.due:
+            if fresh is None:  # the previous output as a second reference: one frame at a time
+                fresh = self.colorizer(l, [self.key_lab, torch.cat([l_previous, self.ab], dim=1)])
+            attn = s.attention_blend * fresh + (1.0 - s.attention_blend) * attn
+        weight = g.conf.clamp(0.0, 1.0) ** s.confidence_power
         self.ab = weight * propagated + (1.0 - weight) * attn
         self.attn = attn
-        return self.ab, conf
+        return self.ab, g.conf
 
 
 def propagate_shot(
@@ -629,26 +662,49 @@ def _forward(
         pairs = dict(
             zip(moving, _pair_flows(flows, [ls[i] for i in moving], [_known(befores[i]) for i in moving]), strict=True)
         )
-        for i, t in enumerate(chunk):
-            l = ls[i]
+        for t, l in zip(chunk, ls, strict=True):
             store.put("l", t, l)
-            if t in keyframes:
-                ab = keyframes[t]
-                if ab.shape[-2:] != l.shape[-2:] or ab.shape[1] != 2:
-                    raise ValueError(f"keyframe {t}: ab {tuple(ab.shape[1:])} does not match L {tuple(l.shape[-2:])}")
-                sweep.reset(l, ab)
-                store.put("ab", t, ab)
-                store.put("conf", t, torch.ones_like(l))
-            elif t > keys[0]:
-                ab, conf = sweep.step(l, *pairs[i])
+        for segment in _segments(chunk, moving):
+            if segment[0] not in moving:  # a keyframe, or a frame before the first one
+                t = chunk[segment[0]]
+                if t in keyframes:
+                    l, ab = ls[segment[0]], keyframes[t]
+                    if ab.shape[-2:] != l.shape[-2:] or ab.shape[1] != 2:
+                        raise ValueError(
+                            f"keyframe {t}: ab {tuple(ab.shape[1:])} does not match L {tuple(l.shape[-2:])}"
+                        )
+                    sweep.reset(l, ab)
+                    store.put("ab", t, ab)
+                    store.put("conf", t, torch.ones_like(l))
+                step()
+                continue
+            coloured = sweep.run([ls[i] for i in segment], [pairs[i] for i in segment])
+            for i, (ab, conf) in zip(segment, coloured, strict=True):
+                t = chunk[i]
                 if t > keys[-1]:
                     store.put("ab", t, ab)
                     store.put("conf", t, conf)
                 else:
                     store.put("fwd", t, ab)
                     store.put("fwd_conf", t, conf)
-            step()
+                step()
         previous = ls[-1]
+
+
+def _segments(chunk: list[int], moving: list[int]) -> Iterator[list[int]]:
+    """Indices 0 .. len(chunk) - 1 cut into runs of consecutive ``moving`` indices (coloured by
+    one :meth:`_Sweep.run`) and single other indices, in order."""
+    run: list[int] = []
+    for i in range(len(chunk)):
+        if i in moving:
+            run.append(i)
+            continue
+        if run:
+            yield run
+            run = []
+        yield [i]
+    if run:
+        yield run
 
 
 def _known(l: Tensor | None) -> Tensor:
@@ -678,12 +734,17 @@ def _backward(
         pairs = dict(
             zip(moving, _pair_flows(flows, [ls[i] for i in moving], [_known(befores[i]) for i in moving]), strict=True)
         )
-        for i, t in enumerate(chunk):
-            l = ls[i]
-            if t in keyframes:
-                sweep.reset(l, keyframes[t])
-            elif t < keys[-1]:
-                ab, conf = sweep.step(l, *pairs[i])
+        for segment in _segments(chunk, moving):
+            if segment[0] not in moving:  # a keyframe, or a frame after the last one
+                t = chunk[segment[0]]
+                if t in keyframes:
+                    sweep.reset(ls[segment[0]], keyframes[t])
+                store.delete("l", t)
+                step()
+                continue
+            coloured = sweep.run([ls[i] for i in segment], [pairs[i] for i in segment])
+            for i, (ab, conf) in zip(segment, coloured, strict=True):
+                t = chunk[i]
                 if t > keys[0]:
                     after = min(k for k in keys if k > t)
                     before = max(k for k in keys if k < t)
@@ -695,8 +756,8 @@ def _backward(
                     store.delete("fwd_conf", t)
                 store.put("ab", t, ab)
                 store.put("conf", t, conf.clamp(0.0, 1.0))
-            store.delete("l", t)
-            step()
+                store.delete("l", t)
+                step()
         previous = ls[-1]
 
 
@@ -718,7 +779,8 @@ def attention_colorizer(
     A sweep passes the same keyframe tensor on every call, so the last references' encoding
     (superpixels and features, ``model.transfer.encode_reference``) is kept and reused while the
     caller passes the very same tensors (identity, not equality: tensors are not compared)."""
-    from model.transfer import encode_reference, transfer_colour
+    from model.color import grey_rgb
+    from model.transfer import encode_reference, resize, transfer_colour, working_size
     from pipeline.colorize import shared_vgg16
 
     dev = torch.device(device)
@@ -742,17 +804,37 @@ def attention_colorizer(
                     list(references),
                     [encode_reference(r.to(dev).float(), extractor, work_size=work_size) for r in references],
                 )
-            ab = transfer_colour(
-                target_l.to(dev).float(),
-                cached[1],
-                features=extractor,
-                work_size=work_size,
-                regrain_output=False,
-                position_sigma=position_sigma,
-            )
-        return ab.float()
+            targets = target_l.to(dev).float()
+            # the targets' features in one forward pass, as transfer_colour would compute each
+            size = working_size(targets.shape[-2], targets.shape[-1], work_size)
+            maps = extractor(grey_rgb(resize(targets, size))) if targets.shape[0] > 1 else None
+            ab = [
+                transfer_colour(
+                    targets[i : i + 1],
+                    cached[1],
+                    features=extractor if maps is None else _computed(maps, i),
+                    work_size=work_size,
+                    regrain_output=False,
+                    position_sigma=position_sigma,
+                )
+                for i in range(targets.shape[0])
+            ]
+        return torch.cat(ab).float()
 
     return colorize
+
+
+def _computed(maps: Mapping[str, Tensor], index: int) -> Callable[[Tensor], dict[str, Tensor]]:
+    """A feature extractor that answers frame ``index`` of features already computed for a batch
+    (``maps``: {level: (B, C, h', w')}), for the one target image it is asked about."""
+
+    def features(rgb: Tensor) -> dict[str, Tensor]:
+        first = next(iter(maps.values()))
+        if rgb.shape[0] != 1 or first.shape[0] <= index:
+            raise ValueError(f"batched features answer one image of the batch, got {tuple(rgb.shape)}")
+        return {k: v[index : index + 1] for k, v in maps.items()}
+
+    return features
 
 
 __all__ = [

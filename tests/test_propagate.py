@@ -142,7 +142,7 @@ def test_confidence_is_restored_where_the_keyframe_still_matches() -> None:
     truth = [canvas_ab[:, :, o : o + w] for o in offsets]
 
     def grey(target_l: torch.Tensor, references: object) -> torch.Tensor:
-        return torch.zeros(1, 2, *target_l.shape[-2:])
+        return torch.zeros(target_l.shape[0], 2, *target_l.shape[-2:])
 
     inner = np.s_[:, 2:-2, 6:-6]
     errors = {}
@@ -209,9 +209,9 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
         seen: list[int] = []
 
         def colorizer(target_l: torch.Tensor, references: list[torch.Tensor]) -> torch.Tensor:
-            seen.append(len(references))
+            seen.extend([len(references)] * target_l.shape[0])  # one entry per frame coloured
             assert all(r.shape == (1, 3, h, w) for r in references)
-            return torch.zeros(1, 2, *target_l.shape[-2:])
+            return torch.zeros(target_l.shape[0], 2, *target_l.shape[-2:])
 
         settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_previous=previous)
         ab_of(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(), settings=settings))

@@ -278,7 +278,7 @@ def test_dis_and_torch_flows_agree() -> None:
 
 def test_flow_backend_choice() -> None:
     assert isinstance(flow_backend("auto", "cpu"), DISFlow)
-    assert isinstance(flow_backend("auto", "cuda"), TorchFlow)
+    assert isinstance(flow_backend("auto", "cuda"), DISFlow)  # the torch flow is not as good yet
     assert isinstance(flow_backend("torch", "cpu"), TorchFlow)
     with pytest.raises(ValueError, match="unknown flow method"):
         flow_backend("raft", "cpu")  # type: ignore[arg-type]
@@ -300,8 +300,8 @@ def test_frame_loop_never_leaves_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
     def colorizer(target_l: torch.Tensor, references: list[torch.Tensor]) -> torch.Tensor:
-        calls.append(1)
-        return torch.zeros(1, 2, *target_l.shape[-2:]) + references[0][:, 1:].mean()
+        calls.append(target_l.shape[0])
+        return torch.zeros(target_l.shape[0], 2, *target_l.shape[-2:]) + references[0][:, 1:].mean()
 
     def leaves(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the frame loop left torch")
@@ -320,7 +320,7 @@ def test_frame_loop_never_leaves_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(propagate, "_backward", guarded(propagate._backward))
     settings = PropagationSettings(flow="torch", attention_every=2, attention_min_area=0.0, flow_batch=4)
     out = list(propagate_shot(iter(ls), keys, length=n, colorizer=colorizer, store=MemoryStore(), settings=settings))
-    assert len(out) == n and calls  # the attention term ran inside the loop
+    assert len(out) == n and max(calls) > 1  # the attention term ran inside the loop, batched
     assert all(f.ab.dtype == np.float32 and f.ab.shape == (2, h, w) for f in out)
     assert out[3].ab[0].mean() == pytest.approx(0.0, abs=20.0) and out[8].ab[0].mean() < 0
 
@@ -349,3 +349,22 @@ def test_streamed_frames_in_chunks_match_one_at_a_time() -> None:
 
     for a, b in zip(run(1), run(4), strict=True):
         np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_attention_colorizer_batch_equals_one_frame_at_a_time() -> None:
+    from pipeline.propagate import attention_colorizer
+
+    passes: list[int] = []
+
+    def features(rgb: torch.Tensor) -> dict[str, torch.Tensor]:  # stand-in extractor, two levels
+        passes.append(rgb.shape[0])
+        return {"rgb": rgb, "half": torch.nn.functional.avg_pool2d(rgb, 2)}
+
+    frames = torch.cat([t4(texture(40, 56, s)) for s in (18, 19, 20)])
+    key = torch.cat([frames[:1], t4(np.stack([texture(40, 56, 21) - 50, 50 - texture(40, 56, 22)]))], dim=1)
+    batched = attention_colorizer(work_size=32, features=features)(frames, [key])
+    assert batched.shape == (3, 2, 40, 56)
+    assert passes == [1, 3]  # the keyframe, then the three targets in one pass
+    single = attention_colorizer(work_size=32, features=features)
+    for i in range(3):
+        torch.testing.assert_close(batched[i : i + 1], single(frames[i : i + 1], [key]), atol=1e-4, rtol=0)
