@@ -9,6 +9,7 @@ allow for that.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -368,3 +369,37 @@ def test_attention_colorizer_batch_equals_one_frame_at_a_time() -> None:
     single = attention_colorizer(work_size=32, features=features)
     for i in range(3):
         torch.testing.assert_close(batched[i : i + 1], single(frames[i : i + 1], [key]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_models_are_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the demo reel: three shots, exemplar keyframes (one with object masks) and the attention
+    # term in every shot; VGG-16 must be read from disk once for all of them
+    import model.features
+    from pipeline.colorize import shared_colornet, shared_vgg16
+    from pipeline.run import RunSettings, run_reel
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo"
+    loads: list[str] = []
+    real = model.features.load_vgg16
+
+    def counted(*args: object, **kwargs: object) -> object:
+        loads.append("vgg16")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model.features, "load_vgg16", counted)
+    shared_vgg16.cache_clear()
+    shared_colornet.cache_clear()
+    try:
+        out = tmp_path / "demo.mkv"
+        run_reel(
+            demo / "reel.mov",
+            demo / "refs",
+            out,
+            workdir=tmp_path / "work",
+            settings=RunSettings(codec="ffv1", device="cpu"),
+        )
+        assert out.exists()
+    finally:
+        shared_vgg16.cache_clear()
+    assert loads == ["vgg16"], loads
