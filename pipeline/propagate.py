@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -787,13 +788,14 @@ def attention_colorizer(
     loaded once) as a :data:`Colorizer` on ``device``, run at ``work_size`` without regrain (the
     propagation smooths it), its ab brought back to the target's size guided by the target's L;
     ``position_sigma``: its image-position prior (None: none). On CUDA the feature extractor
-    runs under fp16 autocast (its features are used in float32).
+    runs under fp16 autocast (its features are used in float32). The B targets' features come
+    from one forward pass; their superpixels (SLIC, on the host) from a worker thread meanwhile.
 
     A sweep passes the same keyframe tensor on every call, so the last references' encoding
     (superpixels and features, ``model.transfer.encode_reference``) is kept and reused while the
     caller passes the very same tensors (identity, not equality: tensors are not compared)."""
     from model.color import grey_rgb
-    from model.transfer import encode_reference, resize, transfer_colour, working_size
+    from model.transfer import encode_reference, resize, target_superpixels, transfer_colour, working_size
     from pipeline.colorize import shared_vgg16
 
     dev = torch.device(device)
@@ -808,6 +810,7 @@ def attention_colorizer(
 
         extractor = half
     cached: tuple[list[Tensor], list] = ([], [])  # the last reference tensors and their encodings
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprod-slic")
 
     def colorize(target_l: Tensor, references: Sequence[Tensor]) -> Tensor:
         nonlocal cached
@@ -818,19 +821,22 @@ def attention_colorizer(
                     [encode_reference(r.to(dev).float(), extractor, work_size=work_size) for r in references],
                 )
             targets = target_l.to(dev).float()
-            # the targets' features in one forward pass, as transfer_colour would compute each
+            # the targets' superpixels (SLIC, on the host) in a worker thread while their
+            # features are computed in one forward pass, as transfer_colour would compute each
+            labels = pool.submit(lambda: [target_superpixels(t[None], work_size) for t in targets])
             size = working_size(targets.shape[-2], targets.shape[-1], work_size)
-            maps = extractor(grey_rgb(resize(targets, size))) if targets.shape[0] > 1 else None
+            maps = extractor(grey_rgb(resize(targets, size)))
             ab = [
                 transfer_colour(
                     targets[i : i + 1],
                     cached[1],
-                    features=extractor if maps is None else _computed(maps, i),
+                    features=_computed(maps, i),
                     work_size=work_size,
                     regrain_output=False,
                     position_sigma=position_sigma,
+                    target_labels=labels_t,
                 )
-                for i in range(targets.shape[0])
+                for i, labels_t in enumerate(labels.result())
             ]
         return torch.cat(ab).float()
 
