@@ -16,7 +16,7 @@ frames' device. Two backends:
 
 :func:`flow_backend` picks one: ``"auto"`` is DIS on every device. The torch backend keeps
 the flows on the device but is not as good yet: on the first 20 frames of DAVIS libby the
-propagation gives 30.60 dB with it against 32.32 with DIS (figures in bench/README.md,
+propagation gives 31.42 dB with it against 32.32 with DIS (figures in bench/README.md,
 "Propagation"), beyond the 0.2 dB a default may lose.
 """
 
