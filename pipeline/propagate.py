@@ -106,6 +106,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -810,7 +811,7 @@ def attention_colorizer(
 
         extractor = half
     cached: tuple[list[Tensor], list] = ([], [])  # the last reference tensors and their encodings
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprod-slic")
+    pool = _slic_worker()
 
     def colorize(target_l: Tensor, references: Sequence[Tensor]) -> Tensor:
         nonlocal cached
@@ -841,6 +842,12 @@ def attention_colorizer(
         return torch.cat(ab).float()
 
     return colorize
+
+
+@cache
+def _slic_worker() -> ThreadPoolExecutor:
+    """The one worker thread of the process that computes the attention term's superpixels."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprod-slic")
 
 
 def _computed(maps: Mapping[str, Tensor], index: int) -> Callable[[Tensor], dict[str, Tensor]]:

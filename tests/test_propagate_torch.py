@@ -403,3 +403,18 @@ def test_models_are_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp
     finally:
         shared_vgg16.cache_clear()
     assert loads == ["vgg16"], loads
+
+
+def test_attention_colorizers_share_one_superpixel_thread() -> None:
+    import threading
+
+    from pipeline.propagate import attention_colorizer
+
+    def features(rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"rgb": rgb}
+
+    frames = torch.cat([t4(texture(24, 32, s)) for s in (23, 24)])
+    key = torch.cat([frames[:1], torch.full((1, 2, 24, 32), 10.0)], dim=1)
+    for _ in range(3):  # one colorizer per shot, as the engine makes them
+        attention_colorizer(work_size=24, features=features)(frames, [key])
+    assert sum(t.name.startswith("postprod-slic") for t in threading.enumerate()) == 1
