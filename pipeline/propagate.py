@@ -148,6 +148,7 @@ StepCallback = Callable[[int, int], None]
 2 x the shot's length."""
 
 FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: distance decides there
+REFINE_BAND = 64  # output rows of refine_chroma computed at once (bounds its 49-offset buffers)
 UNSURE = 0.5  # a path (or flow check) confidence below this counts as unsure (steps d and e)
 
 
@@ -353,7 +354,9 @@ def refine_chroma(
     Each pixel x takes sum_o w_o ab_src(x + o) over offsets |o|_inf <= radius with
     w = softmax(-(D_o(x) + penalty |o|^2) / temperature), D_o the mean squared L difference
     between the ``patch`` x ``patch`` patches of ``l`` at x and ``l_src`` at x + o: the shifted
-    views are one unfold of the edge-replicated source, D_o one average pooling over them.
+    views of the edge-replicated source, D_o a box filter over them; computed in bands of
+    :data:`REFINE_BAND` output rows, each with the rows it depends on (the same result, a
+    fraction of the memory).
 
     Args:
         l: (B, 1, h, w) L of the frame being coloured, [0, 100].
@@ -369,6 +372,23 @@ def refine_chroma(
     """
     if radius <= 0:
         return ab_src
+    h = l.shape[-2]
+    context = radius + patch // 2  # the rows beyond its own that a band's output depends on
+    bands = []
+    for y0 in range(0, h, REFINE_BAND):
+        y1 = min(h, y0 + REFINE_BAND)
+        a, b = max(0, y0 - context), min(h, y1 + context)
+        part = _refine_rows(
+            l[..., a:b, :], l_src[..., a:b, :], ab_src[..., a:b, :], radius, temperature, distance_penalty, patch
+        )
+        bands.append(part[..., y0 - a : y1 - a, :])
+    return torch.cat(bands, dim=-2)
+
+
+def _refine_rows(
+    l: Tensor, l_src: Tensor, ab_src: Tensor, radius: int, temperature: float, distance_penalty: float, patch: int
+) -> Tensor:
+    """:func:`refine_chroma` over all the rows given at once."""
     h, w = l.shape[-2:]
     r, k = radius, 2 * radius + 1
     src = F.pad(torch.cat([l_src, ab_src], dim=1), (r, r, r, r), mode="replicate")

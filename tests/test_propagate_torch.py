@@ -418,3 +418,10 @@ def test_attention_colorizers_share_one_superpixel_thread() -> None:
     for _ in range(3):  # one colorizer per shot, as the engine makes them
         attention_colorizer(work_size=24, features=features)(frames, [key])
     assert sum(t.name.startswith("postprod-slic") for t in threading.enumerate()) == 1
+
+
+def test_refine_chroma_in_bands_matches_reference() -> None:
+    h = 2 * propagate.REFINE_BAND + 22  # three bands, the last one short
+    l, l_src = texture(h, 36, 25), texture(h, 36, 26)
+    ab = np.stack([texture(h, 36, 27) - 50, 50 - texture(h, 36, 28)])
+    np.testing.assert_allclose(refine_chroma(t4(l), t4(l_src), t4(ab))[0].numpy(), ref_refine(l, l_src, ab), atol=1e-3)
