@@ -2,7 +2,7 @@
 
     python -m bench.bench_propagation [--sequences blackswan camel ...] [--max-frames N]
         [--variants first first+last] [--methods copy flow image full] [--image-stride K]
-        [--lpips-every K] [--out bench/results/propagation.json]
+        [--flows auto dis torch] [--base WORKTREE] [--profile] [--lpips-every K] [--out bench/results/propagation.json]
 
 Protocol: each DAVIS sequence is one shot shown grey (its Lab L at 854x480); the true colour
 frames at the keyframe positions are the references: variant ``first`` (frame 0 only) or
@@ -19,15 +19,23 @@ Methods: ``copy`` (nearest keyframe's ab), ``flow`` (DIS flow chained frame to f
 keyframe; with two keyframes the two chains are averaged linearly by temporal distance),
 ``image`` (``model.transfer.transfer_colour`` on every frame from the keyframes, no temporal
 handling; ``--image-stride K`` runs it on every K-th non-keyframe only, and then its temporal
-metrics are not computed), ``full`` (``pipeline.propagate.propagate_shot``). DAVIS is for
-evaluation only.
+metrics are not computed), ``full`` (``pipeline.propagate.propagate_shot``; one row per ``--flows`` backend, see
+``pipeline.flow``). ``--base WORKTREE``: a worktree of another commit (e.g. the one before a
+change) runs its own ``full`` on each sequence in a subprocess, between this run's sequences,
+so both see the same machine load (row ``full (base)``). DAVIS is for evaluation only.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import dataclasses
+import json
 import platform
+import pstats
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -52,16 +60,9 @@ from bench.toolkit import (
     write_json,
 )
 from pipeline.errors import PostprodError
+from pipeline.flow import FLOW_METHODS, DISFlow, warp
 from pipeline.metrics import psnr, ssim
-from pipeline.propagate import (
-    MemoryStore,
-    PropagationSettings,
-    optical_flow,
-    propagate_shot,
-    to_working,
-    upsample_chroma,
-    warp,
-)
+from pipeline.propagate import MemoryStore, PropagationSettings, propagate_shot, to_working, upsample_chroma
 
 DEFAULT_OUT = Path("bench") / "results" / "propagation.json"
 METHODS = ("copy", "flow", "image", "full")
@@ -92,8 +93,9 @@ def copy_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple
 def flow_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """DIS (medium) flow chained frame to frame from each keyframe, forward and backward, the
     chains averaged linearly by temporal distance between two keyframes."""
-    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = DISFlow(finest_scale=1)  # the medium preset's own finest level
     n, order = len(luma), sorted(keys)
+    frames_l = torch.from_numpy(np.ascontiguousarray(luma, dtype=np.float32))[:, None]
 
     def chain(frames: range) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
@@ -102,7 +104,9 @@ def flow_method(luma: np.ndarray, keys: dict[int, np.ndarray]) -> Iterator[tuple
             if t in keys:
                 ab = keys[t]
             elif ab is not None:
-                ab = warp(ab, optical_flow(luma[t], luma[t - 1 if frames.step > 0 else t + 1], dis))
+                s = t - 1 if frames.step > 0 else t + 1
+                flow = dis.flow(frames_l[t : t + 1], frames_l[s : s + 1])
+                ab = warp(torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))[None], flow)[0].numpy()
             if ab is not None:
                 out[t] = ab
         return out
@@ -160,6 +164,50 @@ def full_method(settings: PropagationSettings) -> Method:
     return run
 
 
+def run_base(args: argparse.Namespace, name: str, variant: str) -> dict[str, Any]:
+    """The full method of the worktree ``args.base`` (another commit) on one sequence: this
+    bench as that worktree has it, in a subprocess (its own modules), same options."""
+    with tempfile.TemporaryDirectory(prefix="bench-propagation-base-") as tmp:
+        out = Path(tmp) / "base.json"
+        command = [sys.executable, "-m", "bench.bench_propagation", "--davis", str(args.davis.resolve())]
+        command += ["--sequences", name, "--variants", variant, "--methods", "full", "--out", str(out)]
+        command += ["--work-size", str(args.work_size), "--lpips-every", str(args.lpips_every)]
+        if args.max_frames is not None:
+            command += ["--max-frames", str(args.max_frames)]
+        done = subprocess.run(command, cwd=args.base, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise PostprodError(args.base, f"the base bench failed: {done.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.read_text())["variants"][variant]["shots"][name]["full"]
+
+
+# --- where the time goes -----------------------------------------------------------------
+
+# (label, file suffix, function name, "tottime" or "cumtime"): parts of the full method's time
+PROFILE_PARTS = (
+    ("optical flow, all", "pipeline/flow.py", "flow", "cumtime"),
+    ("  of which OpenCV DIS", "~", "<method 'calc' of 'cv2.DenseOpticalFlow' objects>", "tottime"),
+    ("refine_chroma", "pipeline/propagate.py", "refine_chroma", "cumtime"),
+    ("attention term, all", "pipeline/propagate.py", "colorize", "cumtime"),
+    ("  of which VGG-16", "model/features.py", "forward", "cumtime"),
+    ("  of which SLIC", "skimage/segmentation/slic_superpixels.py", "slic", "cumtime"),
+    ("warps (grid_sample)", "~", "<built-in method torch.grid_sampler>", "tottime"),
+)
+
+
+def profile_shares(profile: cProfile.Profile, seconds: float) -> dict[str, float]:
+    """Share of ``seconds`` spent in each of :data:`PROFILE_PARTS` (0 when absent; "of which"
+    rows are inside the row above, and the torch flow's warps are in both its row and the warps')."""
+    table = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    shares = {}
+    for label, suffix, name, column in PROFILE_PARTS:
+        total = 0.0
+        for (path, _line, func), (_cc, _nc, tottime, cumtime, _callers) in table.items():
+            if func == name and path.endswith(suffix):
+                total += tottime if column == "tottime" else cumtime
+        shares[label] = total / seconds
+    return shares
+
+
 # --- temporal metrics (warp error: bench.toolkit) -----------------------------------------
 
 
@@ -200,9 +248,16 @@ def keyframes_of(variant: str, n: int) -> list[int]:
 
 
 def evaluate(
-    shot: Shot, variant: str, methods: dict[str, Method], work_size: int, lpips_model: torch.nn.Module, lpips_every: int
+    shot: Shot,
+    variant: str,
+    methods: dict[str, Method],
+    work_size: int,
+    lpips_model: torch.nn.Module,
+    lpips_every: int,
+    profile: bool = False,
 ) -> dict[str, dict]:
-    """Run every method on one shot and score it; returns {method: scores} with per-frame lists."""
+    """Run every method on one shot and score it; returns {method: scores} with per-frame lists
+    (``profile``: and the full methods' time shares, :func:`profile_shares`)."""
     l_full = np.ascontiguousarray(shot.lab[:, 0])
     luma = np.stack([to_working(l, work_size) for l in l_full])
     size = luma.shape[1:]
@@ -211,9 +266,14 @@ def evaluate(
     truth_warp = [warp_error(shot.rgb[t - 1], shot.rgb[t], *flows[t - 1]) for t in range(1, shot.n)]
     out: dict[str, dict] = {}
     for name, method in methods.items():
+        profiler = cProfile.Profile() if profile and name.startswith("full") else None
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         produced = list(method(luma, keys))  # (t, ab) at working resolution, O(n) small frames
         seconds = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
         scores: dict[str, list] = {"psnr": [], "ssim": [], "lpips_approx": []}
         rgbs: dict[int, np.ndarray] = {}
         up_seconds = 0.0
@@ -239,6 +299,8 @@ def evaluate(
             "upsample_seconds_per_frame": up_seconds / len(produced),
             "per_frame_psnr": scores["psnr"],
         }
+        if profiler is not None:
+            result["profile"] = profile_shares(profiler, seconds)
         if complete:
             warp_errs = [warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, shot.n)]
             result |= {"warp_error": float(np.mean(warp_errs)), "cdc": cdc([rgbs[t] for t in range(shot.n)])}
@@ -312,6 +374,14 @@ def markdown(result: dict) -> str:
                     f"(no verdict: the {TARGET_PSNR} dB target is for the first frame alone over whole "
                     "sequences, judged by bench.bench_run)",
                 ]
+        profiled = [m for m in summary if "profile" in next(iter(block["shots"].values())).get(m, {})]
+        if profiled:
+            shares = {
+                m: {k: np.mean([shot[m]["profile"][k] for shot in block["shots"].values()]) for k, *_ in PROFILE_PARTS}
+                for m in profiled
+            }
+            rows = [[label, *(f"{100 * shares[m][label]:.0f} %" for m in profiled)] for label, *_ in PROFILE_PARTS]
+            lines += ["", "Share of the method's time (cProfile):", "", markdown_table(["part", *profiled], rows)]
         methods = [m for m in summary if m != "truth"]
         per_sequence = [[name, *(f"{shot[m]['psnr']:.2f}" for m in methods)] for name, shot in block["shots"].items()]
         lines += ["", markdown_table(["sequence", *methods], per_sequence), ""]
@@ -340,6 +410,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lpips-every", type=int, default=5, help="LPIPS on every K-th scored frame (default: %(default)s)"
     )
+    parser.add_argument(
+        "--flows",
+        nargs="+",
+        choices=FLOW_METHODS,
+        default=["auto"],
+        help="flow backends of the full method, one row each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a worktree of another commit: its full method runs on each sequence too, in a subprocess "
+        "(row 'full (base)')",
+    )
+    parser.add_argument("--profile", action="store_true", help="time shares of the full method's parts (cProfile)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results, replaced (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -352,9 +436,12 @@ def main(argv: list[str] | None = None) -> int:
             "copy": lambda: copy_method,
             "flow": lambda: flow_method,
             "image": lambda: image_method(args.image_stride),
-            "full": lambda: full_method(settings),
         }
-        methods = {m: builders[m]() for m in args.methods}
+        methods = {m: builders[m]() for m in args.methods if m != "full"}
+        if "full" in args.methods:
+            for flow in args.flows:
+                name = "full" if len(args.flows) == 1 else f"full ({flow})"
+                methods[name] = full_method(dataclasses.replace(settings, flow=flow))
         lpips_model = load_lpips()
         result: dict = {
             "variants": {},
@@ -374,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
             shots = {}
             for name in sequences:
                 shot = load_shot(args.davis, name, args.max_frames)
-                shots[name] = evaluate(shot, variant, methods, args.work_size, lpips_model, args.lpips_every)
+                shots[name] = evaluate(
+                    shot, variant, methods, args.work_size, lpips_model, args.lpips_every, args.profile
+                )
+                if args.base is not None:
+                    shots[name] = {"full (base)": run_base(args, name, variant)} | shots[name]
                 print(
                     f"{variant} {name}: "
                     + ", ".join(f"{m} {s['psnr']:.2f} dB" for m, s in shots[name].items() if "psnr" in s),

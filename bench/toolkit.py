@@ -28,11 +28,12 @@ import numpy as np
 
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
+from pipeline.flow import DISFlow, warp
 from pipeline.images import read_colour, read_image
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.media.synth import write_grey_reel
-from pipeline.propagate import flow_confidence, optical_flow, warp
+from pipeline.propagate import flow_confidence
 
 if TYPE_CHECKING:  # torch and the baselines (scipy) are imported where used: bench_shots needs neither
     import torch
@@ -280,19 +281,27 @@ class Shot:
 def warp_masks(l_full: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """For t = 1 .. n-1: (flow t -> t-1 (H, W, 2) px, non-occluded mask (H, W) bool) from the true
     L (n, H, W) in [0, 100]: DIS medium, Sundaram et al.'s forward-backward test (confidence 1)."""
-    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    import torch
+
+    dis = DISFlow(finest_scale=1)  # the medium preset's own finest level
     out = []
     for t in range(1, len(l_full)):
-        back = optical_flow(l_full[t], l_full[t - 1], dis)
-        fwd = optical_flow(l_full[t - 1], l_full[t], dis)
-        out.append((back, flow_confidence(back, fwd) >= 1.0))
+        now, before = (
+            torch.from_numpy(np.ascontiguousarray(l_full[i], dtype=np.float32))[None, None] for i in (t, t - 1)
+        )
+        back, fwd = dis.flow(now, before), dis.flow(before, now)
+        out.append((back[0].permute(1, 2, 0).numpy(), flow_confidence(back, fwd)[0, 0].numpy() >= 1.0))
     return out
 
 
 def warp_error(rgb_prev: np.ndarray, rgb: np.ndarray, flow: np.ndarray, mask: np.ndarray) -> float:
     """Mean squared RGB difference (values in [0, 1], mean over the 3 channels) between ``rgb`` and
     ``rgb_prev`` warped onto it by ``flow`` (t -> t-1, from :func:`warp_masks`), over ``mask`` pixels."""
-    warped = warp(rgb_prev.transpose(2, 0, 1), flow).transpose(1, 2, 0)
+    import torch
+
+    image = torch.from_numpy(np.ascontiguousarray(rgb_prev.transpose(2, 0, 1), dtype=np.float32))[None]
+    motion = torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32))[None]
+    warped = warp(image, motion)[0].numpy().transpose(1, 2, 0)
     return float(((warped - rgb) ** 2).sum(-1)[mask].mean() / 3.0)
 
 

@@ -516,6 +516,12 @@ def guided_upsample(ab: Tensor, l: Tensor, radius: int = GUIDE_RADIUS, eps: floa
     return guided_blur(l / 100.0, up, 2 * full_radius + 1, eps, subsample=max(1, int(scale)))
 
 
+def target_superpixels(target_l: Tensor, work_size: int = DEFAULT_WORK_SIZE) -> Tensor:
+    """The superpixels :func:`transfer_colour` computes for a target without masks (step 2):
+    target_l (1, 1, H, W) L in [0, 100] -> (h, w) int64 labels at the working resolution."""
+    return _segment(resize(target_l.float(), working_size(target_l.shape[-2], target_l.shape[-1], work_size)), None)
+
+
 def _segment(l: Tensor, regions: Tensor | None) -> Tensor:
     """SLIC labels (h, w) of L (1, 1, h, w), each region of ``regions`` ((h, w) int64) segmented alone."""
     return superpixels(l[0, 0] / 100.0, mask=regions)
@@ -602,6 +608,7 @@ def transfer_colour(
     fusion_radius: float = 1.5,
     regrain_output: bool = True,
     position_sigma: float | None = None,
+    target_labels: Tensor | None = None,
 ) -> Tensor:
     """Colour a grey image from colour references (thesis ch. 4; see the module notes).
 
@@ -624,6 +631,9 @@ def transfer_colour(
         regrain_output: apply the regrain post-process (thesis: yes).
         position_sigma: image-position prior's scale in image heights/widths (None: no prior;
             for references from the same shot, see the module notes).
+        target_labels: the target's superpixels at the working resolution, (h, w) int64, when
+            already computed (:func:`target_superpixels`, e.g. ahead, in another thread); None
+            computes them here. Not with masks.
 
     Returns:
         (1, 2, H, W) float ab on ``target_l``'s device.
@@ -658,7 +668,9 @@ def transfer_colour(
     full_masks = [tm.to(device) for ref_pairs in pairs for tm, _ in ref_pairs]
     target_masks = [resize_mask(tm, size_t) for tm in full_masks]
     regions_t, regions_full = _region_maps(target_masks, full_masks)
-    labels_t = _segment(l_t, regions_t)
+    if target_labels is not None and (regions_t is not None or tuple(target_labels.shape) != size_t):
+        raise ValueError(f"target_labels must be {size_t} int64 labels and come without masks")
+    labels_t = _segment(l_t, regions_t) if target_labels is None else target_labels.to(device)
     n_t = int(labels_t.max()) + 1
 
     # 3. super-features, and mean L for the lightness prior; references concatenated along N

@@ -122,6 +122,7 @@ class ShotColourer:
             length=shot.end - shot.start,
             colorizer=colorizer,
             settings=settings,
+            device=str(self.device),
             on_step=on_step,
         )
 

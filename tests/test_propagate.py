@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.flow import DISFlow
 from pipeline.metrics import colourfulness, psnr
 from pipeline.propagate import (
     MemoryStore,
@@ -19,9 +20,7 @@ from pipeline.propagate import (
     PropagatedFrame,
     PropagationSettings,
     flow_confidence,
-    flow_estimator,
     fusion_weights,
-    optical_flow,
     propagate_shot,
     refine_chroma,
     to_working,
@@ -31,6 +30,14 @@ from pipeline.propagate import (
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
 FLOW_ONLY = PropagationSettings(attention_every=0)  # no exemplar colorizer: synthetic tests stay fast
+
+
+def tensor(a: np.ndarray) -> torch.Tensor:
+    """(h, w) -> (1, 1, h, w), (C, h, w) -> (1, C, h, w), (h, w, 2) flows -> (1, 2, h, w); float32."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if t.ndim == 3 and t.shape[-1] == 2:
+        t = t.permute(2, 0, 1)
+    return t[None] if t.ndim == 3 else t[None, None]
 
 
 def ab_of(frames: Iterable[PropagatedFrame]) -> list[np.ndarray]:
@@ -114,8 +121,8 @@ def occlusion_frames() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_occlusion_confidence_is_low_where_background_is_uncovered() -> None:
     l_s, l_t, uncovered = occlusion_frames()
-    dis = flow_estimator()
-    conf = flow_confidence(optical_flow(l_t, l_s, dis), optical_flow(l_s, l_t, dis))
+    dis = DISFlow()
+    conf = flow_confidence(dis.flow(tensor(l_t), tensor(l_s)), dis.flow(tensor(l_s), tensor(l_t)))[0, 0].numpy()
     assert conf.shape == l_t.shape and conf.min() >= 0 and conf.max() <= 1
     far = np.zeros_like(uncovered)
     far[:, 94:] = True  # static background, away from the square
@@ -134,8 +141,8 @@ def test_confidence_is_restored_where_the_keyframe_still_matches() -> None:
     ls = [canvas_l[:, o : o + w] + grain.normal(0, 2.0, (h, w)).astype(np.float32) for o in offsets]
     truth = [canvas_ab[:, :, o : o + w] for o in offsets]
 
-    def grey(target_l: np.ndarray, references: object) -> np.ndarray:
-        return np.zeros((2, *target_l.shape), np.float32)
+    def grey(target_l: torch.Tensor, references: object) -> torch.Tensor:
+        return torch.zeros(target_l.shape[0], 2, *target_l.shape[-2:])
 
     inner = np.s_[:, 2:-2, 6:-6]
     errors = {}
@@ -175,16 +182,16 @@ def test_output_blends_propagated_and_attention_colours_by_confidence_power(monk
     # answers another colour: the output is C^p * propagated + (1 - C^p) * attention term
     import pipeline.propagate as propagate
 
-    def quarter(back: np.ndarray, fwd: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-        return np.full(back.shape[:2], 0.25, np.float32)
+    def quarter(back: torch.Tensor, fwd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+        return torch.full((back.shape[0], 1, *back.shape[-2:]), 0.25)
 
     monkeypatch.setattr(propagate, "flow_confidence", quarter)
     h, w = 32, 40
     ls = [texture(h, w, seed=3)] * 2
     key = np.stack([np.full((h, w), 30.0, np.float32), np.zeros((h, w), np.float32)])
 
-    def other(target_l: np.ndarray, references: object) -> np.ndarray:
-        return np.stack([np.full(target_l.shape, -10.0, np.float32), np.zeros(target_l.shape, np.float32)])
+    def other(target_l: torch.Tensor, references: object) -> torch.Tensor:
+        return torch.cat([torch.full_like(target_l, -10.0), torch.zeros_like(target_l)], dim=1)
 
     for power, a in ((1.0, 0.25 * 30 + 0.75 * -10), (0.5, 0.5 * 30 + 0.5 * -10)):
         settings = PropagationSettings(
@@ -201,10 +208,10 @@ def test_attention_references_are_the_keyframe_and_optionally_the_previous_outpu
     for previous in (False, True):
         seen: list[int] = []
 
-        def colorizer(target_l: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
-            seen.append(len(references))
-            assert all(r.shape == (3, h, w) for r in references)
-            return np.zeros((2, *target_l.shape), np.float32)
+        def colorizer(target_l: torch.Tensor, references: list[torch.Tensor]) -> torch.Tensor:
+            seen.extend([len(references)] * target_l.shape[0])  # one entry per frame coloured
+            assert all(r.shape == (1, 3, h, w) for r in references)
+            return torch.zeros(target_l.shape[0], 2, *target_l.shape[-2:])
 
         settings = PropagationSettings(attention_every=1, attention_min_area=0.0, attention_previous=previous)
         ab_of(propagate_shot(ls, {0: canvas_ab[:, :, :w]}, colorizer=colorizer, store=MemoryStore(), settings=settings))
@@ -222,23 +229,27 @@ def test_attention_colorizer_encodes_the_keyframe_once_per_array() -> None:
 
     rng = np.random.default_rng(0)
     l = cv2.GaussianBlur(rng.uniform(20, 80, (32, 48)).astype(np.float32), (0, 0), 2)
-    key = np.concatenate([l[None], np.full((2, 32, 48), 30, np.float32)])
-    other = np.concatenate([l[None], -key[1:]])
+    key = tensor(np.concatenate([l[None], np.full((2, 32, 48), 30, np.float32)]))
+    other = torch.cat([key[:, :1], -key[:, 1:]], dim=1)
+    target = tensor(l)
     colorize = attention_colorizer(work_size=32, features=features)
-    first = colorize(l, [key])
+    first = colorize(target, [key])
+    assert first.shape == (1, 2, 32, 48)
     assert len(calls) == 2  # target and reference
-    np.testing.assert_array_equal(colorize(l, [key]), first)
-    assert len(calls) == 3  # the same keyframe array: only the target is encoded
-    swapped = colorize(l, [other])  # another array is encoded afresh, never served stale
+    torch.testing.assert_close(colorize(target, [key]), first, rtol=0, atol=0)
+    assert len(calls) == 3  # the same keyframe tensor: only the target is encoded
+    swapped = colorize(target, [other])  # another tensor is encoded afresh, never served stale
     assert len(calls) == 5
-    np.testing.assert_array_equal(swapped, attention_colorizer(work_size=32, features=features)(l, [other]))
-    assert np.abs(first - 30).max() < 1 and np.abs(swapped + 30).max() < 1
+    torch.testing.assert_close(
+        swapped, attention_colorizer(work_size=32, features=features)(target, [other]), rtol=0, atol=0
+    )
+    assert (first - 30).abs().max() < 1 and (swapped + 30).abs().max() < 1
 
 
 def test_flow_leaving_the_frame_has_no_confidence() -> None:
-    flow = np.zeros((8, 10, 2), np.float32)
-    flow[:, :, 0] = -3.0  # everything comes from 3 px to the left
-    conf = flow_confidence(flow, -flow)
+    flow = torch.zeros(1, 2, 8, 10)
+    flow[:, 0] = -3.0  # everything comes from 3 px to the left
+    conf = flow_confidence(flow, -flow)[0, 0]
     assert (conf[:, :3] == 0).all() and (conf[:, 3:] == 1).all()
 
 
@@ -250,20 +261,20 @@ def test_refine_snaps_colour_to_luma_edges() -> None:
     l_src[:, 14:] = 70.0
     ab_src = np.zeros((2, 16, 32), np.float32)
     ab_src[0, :, 14:] = 50.0
-    fixed = refine_chroma(l, l_src, ab_src, radius=3)
+    fixed = refine_chroma(tensor(l), tensor(l_src), tensor(ab_src), radius=3)[0].numpy()
     assert np.abs(fixed[0, :, 12:16]).max() < 5.0  # dark side: no colour (was 50 at 14, 15)
     assert np.abs(fixed[0, :, 16:] - 50.0).max() < 1e-3
-    np.testing.assert_array_equal(refine_chroma(l, l_src, ab_src, radius=0), ab_src)
+    np.testing.assert_array_equal(refine_chroma(tensor(l), tensor(l_src), tensor(ab_src), radius=0)[0], ab_src)
 
 
 def test_fusion_weights() -> None:
-    ones = np.ones((4, 4), np.float32)
+    ones = torch.ones(1, 1, 4, 4)
     wa, wb = fusion_weights(ones, 5, ones, 5)
-    np.testing.assert_allclose(wa, 0.5)
-    np.testing.assert_allclose(wa + wb, 1.0)
+    torch.testing.assert_close(wa, torch.full_like(ones, 0.5))
+    torch.testing.assert_close(wa + wb, ones)
     wa, _ = fusion_weights(ones, 2, ones, 8)
-    np.testing.assert_allclose(wa, 0.8)
-    wa, _ = fusion_weights(np.zeros_like(ones), 5, ones, 5)  # unsure forward sweep: backward wins
+    torch.testing.assert_close(wa, torch.full_like(ones, 0.8))
+    wa, _ = fusion_weights(torch.zeros_like(ones), 5, ones, 5)  # unsure forward sweep: backward wins
     assert (wa < 0.1).all()
 
 
@@ -336,10 +347,12 @@ def test_streaming_holds_a_bounded_number_of_frames(tmp_path: Path) -> None:
 
 def test_npy_store_round_trip(tmp_path: Path) -> None:
     store = NpyStore(tmp_path / "s")
-    a = np.linspace(-100, 100, 24, dtype=np.float32).reshape(2, 3, 4)
+    a = torch.linspace(-100, 100, 24).reshape(1, 2, 3, 4)
     store.put("ab", 7, a)
     assert (tmp_path / "s" / "ab-0000007.npy").exists()
-    np.testing.assert_allclose(store.get("ab", 7), a, atol=0.07)  # float16
+    back = store.get("ab", 7)
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, a, atol=0.07, rtol=0)  # float16
     store.delete("ab", 7)
     assert not any((tmp_path / "s").iterdir())
 
@@ -357,11 +370,12 @@ def test_bad_inputs() -> None:
 
 
 def test_warp_follows_the_flow() -> None:
-    img = texture(20, 30)[None]
-    flow = np.zeros((20, 30, 2), np.float32)
-    flow[..., 0] = 2.0
-    np.testing.assert_allclose(warp(img, flow)[0, :, :-2], img[0, :, 2:], atol=1e-4)
-    assert (warp(img, flow, border=0.0)[0, :, -1] == 0).all()
+    img = tensor(texture(20, 30))
+    flow = torch.zeros(1, 2, 20, 30)
+    flow[:, 0] = 2.0
+    torch.testing.assert_close(warp(img, flow)[..., :-2], img[..., 2:], atol=1e-4, rtol=0)
+    assert (warp(img, flow, border=0.0)[..., -1] == 0).all()
+    torch.testing.assert_close(warp(img, flow, border=7.0)[..., -2:], torch.full((1, 1, 20, 2), 7.0), atol=1e-3, rtol=0)
 
 
 def test_working_resolution_and_4k_upsampling() -> None:

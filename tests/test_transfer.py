@@ -30,6 +30,7 @@ from model.transfer import (
     regrain_ab,
     remap_lightness,
     superpixel_centroids,
+    target_superpixels,
     transfer_colour,
     working_size,
 )
@@ -325,6 +326,19 @@ def test_an_encoded_reference_gives_the_same_colours(features: StandInFeatures) 
     pair = (torch.ones(h, w, dtype=torch.bool), torch.ones(h, w, dtype=torch.bool))
     with pytest.raises(ValueError, match="reference 0"):
         transfer_colour(target, [encoded], [[pair]], features=features, work_size=40)
+
+
+def test_target_superpixels_computed_ahead_give_the_same_colours(features: StandInFeatures) -> None:
+    h, w = 48, 64
+    reference = lab_image(40 + 30 * stripes(h, w, True), 40.0, 20.0)
+    target = (40 + 30 * stripes(h, w, False))[None, None]
+    labels = target_superpixels(target, work_size=40)
+    assert labels.shape == working_size(h, w, 40) and labels.dtype == torch.int64
+    expected = transfer_colour(target, [reference], features=features, work_size=40)
+    ahead = transfer_colour(target, [reference], features=features, work_size=40, target_labels=labels)
+    assert torch.equal(ahead, expected)
+    with pytest.raises(ValueError, match="target_labels"):
+        transfer_colour(target, [reference], features=features, work_size=32, target_labels=labels)
 
 
 def test_regrain_keeps_colours_and_restores_target_gradients() -> None:
