@@ -48,7 +48,7 @@ from pipeline.errors import PostprodError
 from pipeline.keyframes import Plan
 from pipeline.review import CONTACT_SHEET
 from pipeline.settings import RunSettings
-from pipeline.workdir import PLAN_NAME, load_plan, lock_workdir, shot_key
+from pipeline.workdir import PLAN_NAME, load_plan, lock_workdir, segment_path, shot_key
 
 POLL_SECONDS = 2.0
 """How often the reel's flow looks at its shots' flow runs on a farm."""
@@ -360,6 +360,9 @@ def _colorize_locked(
 
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
+    reused = [
+        s.index for s in plan.shots if s.source != "grey" and segment_path(workdir, plan, s.index, settings).exists()
+    ]
     with nullcontext() if shot_deployment else gpu_slots(slots):
         for wave in run.shot_waves(plan):
             blocked = _blocked(plan, wave, failures)
@@ -382,6 +385,8 @@ def _colorize_locked(
         if failures:
             raise ReelIncomplete(out, failures)
         written = assemble(plan_file, segments, out, settings, force)
+        review.record_run(plan, workdir, settings, out, reused=reused)
+        review.write_review(workdir)
         return written
     finally:
         publish_report(

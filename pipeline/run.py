@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline.confidence import ConfidenceRecorder, confidence_path
 from pipeline.errors import PostprodError
 from pipeline.files import check_destination
 from pipeline.keyframes import Plan, plan_keyframes, write_plan
@@ -33,6 +34,7 @@ from pipeline.media.encode import ReelWriter, check_output
 from pipeline.media.probe import probe, probe_header
 from pipeline.progress import Progress, ProgressBar
 from pipeline.refs import RefSet, read_refs
+from pipeline.review import record_run, write_review
 from pipeline.settings import RunSettings
 from pipeline.shots import detect_shots, write_json
 from pipeline.workdir import (
@@ -159,15 +161,18 @@ def colorize_shot(
     keys = {k.frame: engine.keyframe_ab(plan, k, workdir) for k in shot.keyframes}
     artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured" and k.image is not None}
     bar = progress(f"shot {shot_index}: colour", 2 * (shot.end - shot.start))
+    record = ConfidenceRecorder(shot.start)
     try:
         coloured = engine.propagate(plan.reel, shot, keys, on_step=lambda _done, _total: bar.update(1))
         with ReelWriter(dest, info, SEGMENT_CODEC, copy_audio=False) as writer:
             for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
+                record.add(out.confidence)
                 image = artist.get(frame.index)
                 writer.write(
                     frame.luma,
                     engine.full_chroma(frame, out.ab) if image is None else engine.artist_chroma(frame, image),
                 )
+            record.save(confidence_path(dest))  # before the segment appears: a segment always has its record
     finally:
         bar.close()
     return dest
@@ -216,12 +221,21 @@ def run_reel(
     force: bool = False,
 ) -> Path:
     """The whole job in this process: inputs checked (:func:`check_run_inputs`), then, holding
-    the work folder's lock, prepare, every shot wave by wave, assemble."""
+    the work folder's lock, prepare, every shot wave by wave, assemble; then the run's record
+    (``last-run.json``: shots redone and reused) and review page (``review.html``) in the work folder."""
     workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     with lock_workdir(workdir):
         plan = prepare_run(reel, refs, workdir, settings)
         segments: dict[int, Path | None] = {}
+        reused = [
+            s.index
+            for s in plan.shots
+            if s.source != "grey" and segment_path(workdir, plan, s.index, settings).exists()
+        ]
         for wave in shot_waves(plan):
             for i in wave:
                 segments[i] = colorize_shot(plan, i, workdir, settings)
-        return assemble(plan, segments, out, settings, force=force, inputs=(refs, workdir))
+        written = assemble(plan, segments, out, settings, force=force, inputs=(refs, workdir))
+        record_run(plan, workdir, settings, out, reused=reused)
+        write_review(workdir)
+        return written

@@ -7,12 +7,17 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
     segments/shot-<i>-<key>.mkv
                               shot i coloured: lossless FFV1, the source's luma codes + chroma;
                               ``key`` is :func:`shot_key`, so the segment *is* the cache
+    confidence/shot-<i>-<key>.npz
+                              where shot i's colour is guessed, per frame (``pipeline.confidence``)
+    last-run.json             the last run's command, settings and shots redone / reused
+    review.html               the review page of the last run (``pipeline.review``)
+    suggested/                grey frames suggested for an artist to colour (``pipeline.suggest``)
     run.lock                  held by the run using the folder (:func:`lock_workdir`)
 
 A segment is written atomically, so one that exists is complete and is reused as it is; one
 whose inputs changed has another key, another name, and is recomputed. The key covers the
-reel's content, the shot's frames and keyframes, every reference image and mask the shot uses
-(and the keys of the shots it borrows colour from), the model weights, the settings that
+reel's content, the shot's frames and keyframes, every reference image and mask the shot uses, by
+content, not by name or folder (and the keys of the shots it borrows colour from), the model weights, the settings that
 change pixels and :data:`COLOUR_VERSION`.
 
 Hashes are memoised per process by the file's identity (path, size, modification time), so
@@ -49,6 +54,10 @@ PLAN_NAME = "plan.json"
 LOCK_NAME = "run.lock"
 SHOTS_NAME = "shots.json"
 SEGMENTS = "segments"
+CONFIDENCE = "confidence"
+LAST_RUN_NAME = "last-run.json"
+REVIEW_NAME = "review.html"
+SUGGESTED = "suggested"
 SEGMENT_CODEC: CodecName = "ffv1"
 COLOUR_VERSION = 2
 """Part of every shot key: raised with any change to the colour maths that changes pixels, so a
@@ -149,16 +158,22 @@ def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
     shot = plan.shots[shot_index]
     h = hashlib.sha256(f"colour {COLOUR_VERSION}".encode())
     h.update(reel_fingerprint(plan.reel).encode())
-    h.update(json.dumps(shot.to_dict(), sort_keys=True).encode())
-    for k in shot.keyframes:
-        for p in [k.image, *[q for o in k.objects for q in (o.image, o.mask, o.refmask)]]:
-            if p is not None:
-                h.update(file_hash(p).encode())
+    h.update(json.dumps(_by_content(shot.to_dict()), sort_keys=True).encode())
     for n in shot.neighbours:
         h.update(shot_key(plan, n, settings).encode())
     h.update(weights_hash().encode())
     h.update(json.dumps(settings.pixel_settings(), sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def _by_content(shot: dict) -> dict:
+    """A shot plan's dict with every reference file (image, mask, refmask) replaced by its hash."""
+    keys = []
+    for k in shot["keyframes"]:
+        objects = [{n: v if n == "name" else file_hash(Path(v)) for n, v in o.items()} for o in k["objects"]]
+        image = None if k["image"] is None else file_hash(Path(k["image"]))
+        keys.append({**k, "image": image, "objects": objects})
+    return {**shot, "keyframes": keys}
 
 
 def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
