@@ -380,15 +380,23 @@ def _colorize_locked(
     except Exception as err:  # the report still goes out, without its picture
         logger.warning("no contact sheet: %s", one_line(err))
         sheet = None
-    written = None
+    written = page = None
     try:
         if failures:
             raise ReelIncomplete(out, failures)
         written = assemble(plan_file, segments, out, settings, force)
         review.record_run(plan, workdir, settings, out, reused=reused)
-        review.write_review(workdir)
+        try:
+            page = review.write_review(workdir)
+        except Exception as err:  # the output is written: a review page that cannot be made is a warning
+            logger.warning("no review page: %s", one_line(err))
         return written
     finally:
+        try:
+            guessed = review.shot_summaries(plan, workdir, settings)
+        except Exception as err:  # the report still goes out, without the confidence table
+            logger.warning("no confidence table: %s", one_line(err))
+            guessed = []
         publish_report(
             Report(
                 reel=reel,
@@ -398,6 +406,8 @@ def _colorize_locked(
                 rows=shot_rows(plan, outcomes, failures),
                 sheet=file_link(sheet) if sheet else None,
                 frames=plan.frames,
+                review=file_link(page) if page else None,
+                confidence=guessed,
             )
         )
 

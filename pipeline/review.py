@@ -321,6 +321,34 @@ def review_html(record: RunRecord, plan: Plan, *, per_shot: int = 1) -> str:
     return "\n".join(out) + "\n"
 
 
+def shot_summaries(plan: Plan, workdir: Path, settings: RunSettings, *, per_shot: int = 1) -> list[dict[str, Any]]:
+    """Per shot, for a table (the Prefect run's artifacts): frames, source, mean share of each frame
+    guessed (percent, None without a record), the worst frame and its share, the suggested frames."""
+    records = shot_records(plan, workdir, settings)
+    picks = rank(plan, records, per_shot=per_shot)
+    rows = []
+    for shot in plan.shots:
+        rec = records.get(shot.index)
+        ok = rec is not None and rec.frames == shot.end - shot.start
+        worst = rec.worst() if ok and rec is not None else None
+        rows.append(
+            {
+                "shot": shot.index,
+                "frames": f"{shot.start}-{shot.end}",
+                "source": shot.source,
+                "guessed %": round(100 * float(rec.guessed.mean()), 1) if ok and rec is not None else None,
+                "worst frame": worst,
+                "worst guessed %": (
+                    round(100 * float(rec.guessed[worst - shot.start]), 1)
+                    if worst is not None and rec is not None
+                    else None
+                ),
+                "suggested": ", ".join(str(s.frame) for s in picks if s.shot == shot.index) or "-",
+            }
+        )
+    return rows
+
+
 def write_review(workdir: Path, dest: Path | None = None, *, per_shot: int = 1, force: bool = True) -> Path:
     """Write the review page of ``workdir``'s last run (:func:`review_html`) to ``dest`` (default
     ``<workdir>/review.html``, replaced), atomically; returns its path."""

@@ -284,3 +284,23 @@ def test_rerun_redoes_only_the_shots_whose_refs_changed_and_matches_a_fresh_run(
     fresh = tmp_path / "fresh.mkv"
     run_reel(reel3, refs, fresh, workdir=tmp_path / "fresh-work", settings=SETTINGS)
     assert out.read_bytes() == fresh.read_bytes()  # FFV1: the same frames as a fresh run with the final refs
+
+
+def test_the_prefect_report_links_the_review_page_and_tables_where_colour_is_guessed(
+    finished: tuple[Path, Path, Path],
+) -> None:
+    from flows.artifacts import Report, report_markdown
+    from pipeline.review import shot_summaries
+
+    _, out, work = finished
+    summary = shot_summaries(load_plan(work), work, SETTINGS)
+    assert [r["shot"] for r in summary] == [0, 1, 2]
+    assert all(0 <= r["guessed %"] <= 100 and r["suggested"] != "-" for r in summary)
+    page = (work / REVIEW_NAME).resolve().as_uri()
+    text = report_markdown(
+        Report(Path("/r/a.mov"), out, work, 10.0, [], None, frames=30, review=page, confidence=summary)
+    )
+    assert f"[Review page: per shot thumbnails, where colour is guessed, suggested frames]({page})" in text
+    r = summary[1]
+    cells = [r["shot"], r["frames"], r["guessed %"], r["worst frame"], r["worst guessed %"], r["suggested"]]
+    assert "| " + " | ".join(map(str, cells)) + " |" in text
