@@ -165,7 +165,7 @@ def read_run(workdir: Path) -> RunRecord:
         raise PostprodError(path, f"not a run record ({type(err).__name__}: {err})") from err
 
 
-THUMB_HEIGHT = 120
+THUMB_HEIGHT = 96
 """Height (px) of the review page's thumbnails."""
 STRIP_HEIGHT = 40
 
@@ -192,7 +192,7 @@ def _heatmap(grey: np.ndarray, conf_map: np.ndarray) -> np.ndarray:
 def _strip_svg(shot: ShotPlan, record: ShotConfidence | None, picks: list[int]) -> str:
     """Inline SVG: one bar per frame, its height the guessed share; keyframes green, picks orange."""
     n = shot.end - shot.start
-    width = max(240, min(900, 4 * n))
+    width = max(600, min(900, 4 * n))
     bw = width / n
     bars = []
     if record is not None and record.frames == n:
@@ -224,7 +224,7 @@ pre{background:#222;color:#eee;padding:.6em;white-space:pre-wrap;word-break:brea
 figure{margin:0;font-size:.8em;text-align:center} img{display:block;border:1px solid #999}
 .pair{display:flex;gap:2px} .confidence-strip{background:#e8eef8;border:1px solid #99a}
 .bar{fill:#d33} .key{fill:#2a2;opacity:.8} .pick{fill:#f90;opacity:.8}
-.low{color:#b00;font-weight:bold} ul,ol{margin:.3em 0 .3em 1.2em;padding:0;font-size:.9em}
+.side{flex:1;min-width:280px} ul,ol{margin:.3em 0 .3em 1.2em;padding:0;font-size:.9em}
 """
 
 
@@ -296,7 +296,7 @@ def review_html(record: RunRecord, plan: Plan, *, per_shot: int = 1) -> str:
                 f'<figure class="heatmap"><img alt="confidence at frame {worst}" src="{_data_uri(heat)}">'
                 f"<figcaption>confidence at frame {worst}: red guessed, blue sure</figcaption></figure>"
             )
-        out.append('<div><b>References</b><ul class="refs">')
+        out.append('<div class="side"><b>References</b><ul class="refs">')
         for k in shot.keyframes:
             if k.image is not None:
                 thumb = _data_uri(read_colour(k.image).pixels, 60)
