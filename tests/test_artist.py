@@ -304,3 +304,15 @@ def test_the_prefect_report_links_the_review_page_and_tables_where_colour_is_gue
     r = summary[1]
     cells = [r["shot"], r["frames"], r["guessed %"], r["worst frame"], r["worst guessed %"], r["suggested"]]
     assert "| " + " | ".join(map(str, cells)) + " |" in text
+
+
+def test_the_artist_bench_gives_the_oracle_the_frames_of_each_row() -> None:
+    from bench.bench_artist import even_frames, keyframes_for
+    from bench.toolkit import ReelShot
+
+    assert even_frames(90, 1) == [0, 45] and even_frames(90, 2) == [0, 30, 60]
+    shots = [ReelShot("a", 0, (Path("0.jpg"),) * 40), ReelShot("b", 40, (Path("0.jpg"),) * 60)]
+    assert keyframes_for("first", shots, {}) == {0, 40}
+    assert keyframes_for("first+last", shots, {}) == {0, 39, 40, 99}
+    assert keyframes_for("first+1even", shots, {}) == {0, 20, 40, 70}
+    assert keyframes_for("first+2suggested", shots, {2: {31, 33, 77, 90}}) == {0, 31, 33, 40, 77, 90}
