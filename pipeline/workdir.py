@@ -11,6 +11,7 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
                               where shot i's colour is guessed, per frame (``pipeline.confidence``)
     last-run.json             the last run's command, settings and shots redone / reused
     review.html               the review page of the last run (``pipeline.review``)
+    contact-sheet.png         first keyframe of each shot, before / after (Prefect runs, ``pipeline.review``)
     suggested/                grey frames suggested for an artist to colour (``pipeline.suggest``)
     run.lock                  held by the run using the folder (:func:`lock_workdir`)
 
