@@ -66,16 +66,12 @@ from bench.toolkit import (
     markdown_table,
     read_grey,
     run_postprod,
-    warp_error,
-    warp_masks,
+    score_reel,
     write_json,
 )
-from pipeline.color import rgb_from_luma_chroma
 from pipeline.images import read_rgb, write_rgb
-from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.media.synth import write_cut_reel, write_grey_reel, write_shot_refs
-from pipeline.metrics import psnr
 
 FPS = Fraction(24000, 1001)
 TIMECODE = "10:00:00:00"
@@ -121,51 +117,6 @@ def build_reel(
             ref = truth(shot.frames[k], size)
             write_rgb(refs / f"frame-{shot.start + k}.png", ref, bit_depth=8 if size is None else 16)
     return reel, refs, shots
-
-
-def score(out: Path, shots: list[ReelShot], keyframes: set[int], size: Size = None) -> dict:
-    """PSNR over non-keyframes and keyframes, and warp errors, per sequence and pooled."""
-    info = probe(out)
-    frames = iter_frames(out, chroma=True)
-    per_seq: dict[str, dict] = {}
-    for shot in shots:
-        rgbs, truths = [], []
-        for path in shot.frames:
-            f = next(frames)
-            rgbs.append(rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix))
-            truths.append(truth(path, size))
-        psnrs = [psnr(rgbs[i], truths[i]) for i in range(len(rgbs))]
-        grey_l = np.stack([cv2.cvtColor(t, cv2.COLOR_RGB2GRAY) * 100 for t in truths])
-        flows = warp_masks(grey_l)
-        per_seq[shot.name] = {
-            "frames": len(rgbs),
-            "psnr_nonkey": [p for i, p in enumerate(psnrs) if shot.start + i not in keyframes],
-            "psnr_key": [p for i, p in enumerate(psnrs) if shot.start + i in keyframes],
-            "warp_error": float(
-                np.mean([warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, len(rgbs))])
-            ),
-            "warp_error_truth": float(
-                np.mean([warp_error(truths[t - 1], truths[t], *flows[t - 1]) for t in range(1, len(rgbs))])
-            ),
-        }
-    nonkey = [p for s in per_seq.values() for p in s["psnr_nonkey"]]
-    key = [p for s in per_seq.values() for p in s["psnr_key"]]
-    weights = [s["frames"] for s in per_seq.values()]
-    return {
-        "psnr_nonkey": float(np.mean(nonkey)),
-        "psnr_key": float(np.mean(key)),
-        "nonkeyframes": len(nonkey),
-        "warp_error": float(np.average([s["warp_error"] for s in per_seq.values()], weights=weights)),
-        "warp_error_truth": float(np.average([s["warp_error_truth"] for s in per_seq.values()], weights=weights)),
-        "per_sequence": {
-            k: {
-                "psnr_nonkey": float(np.mean(v["psnr_nonkey"])),
-                "warp_error": v["warp_error"],
-                "warp_error_truth": v["warp_error_truth"],
-            }
-            for k, v in per_seq.items()
-        },
-    }
 
 
 STAGES: dict[str, list[tuple[str, str]]] = {
@@ -288,7 +239,7 @@ def bench(
         if stats is not None:
             result["profile"] = stage_profile(stats, result["seconds"])
         if scored and name != "profiled":  # the same pixels as "this"
-            result |= score(out, shots, keyframes, size)
+            result |= score_reel(out, shots, keyframes, lambda p: truth(p, size))
         runs[name] = result
     this = runs["this"]
     if base is not None:

@@ -26,13 +26,15 @@ import av
 import cv2
 import numpy as np
 
+from pipeline.color import rgb_from_luma_chroma
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
 from pipeline.flow import DISFlow, warp
-from pipeline.images import read_colour, read_image
+from pipeline.images import read_colour, read_image, read_rgb
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
 from pipeline.media.synth import write_grey_reel
+from pipeline.metrics import psnr
 from pipeline.propagate import flow_confidence
 
 if TYPE_CHECKING:  # torch and the baselines (scipy) are imported where used: bench_shots needs neither
@@ -149,6 +151,56 @@ def davis_grey_reel(
     greys = (read_grey(f) for s in shots for f in s.frames)
     write_grey_reel(dest, greys, fps, codec=codec, timecode=timecode, audio=audio)
     return shots
+
+
+def score_reel(
+    out: Path, shots: Sequence[ReelShot], keyframes: set[int], truth: Callable[[Path], np.ndarray] = read_rgb
+) -> dict:
+    """Score a coloured DAVIS reel ``out`` (:func:`davis_grey_reel`'s shots) against the true frames
+    (``truth``: a frame file's RGB (H, W, 3) float32 in [0, 1] at the reel's size): mean RGB PSNR
+    over the non-keyframes and over the ``keyframes`` (reel frame numbers), warp error of the
+    output and of the truth (:func:`warp_error`), per sequence and pooled."""
+    info = probe(out)
+    frames = iter_frames(out, chroma=True)
+    per_seq: dict[str, dict] = {}
+    for shot in shots:
+        rgbs, truths = [], []
+        for path in shot.frames:
+            f = next(frames)
+            rgbs.append(rgb_from_luma_chroma(f.luma, f.chroma, f.bit_depth, info.luma_range, info.matrix))
+            truths.append(truth(path))
+        psnrs = [psnr(rgbs[i], truths[i]) for i in range(len(rgbs))]
+        grey_l = np.stack([cv2.cvtColor(t, cv2.COLOR_RGB2GRAY) * 100 for t in truths])
+        flows = warp_masks(grey_l)
+        per_seq[shot.name] = {
+            "frames": len(rgbs),
+            "psnr_nonkey": [p for i, p in enumerate(psnrs) if shot.start + i not in keyframes],
+            "psnr_key": [p for i, p in enumerate(psnrs) if shot.start + i in keyframes],
+            "warp_error": float(
+                np.mean([warp_error(rgbs[t - 1], rgbs[t], *flows[t - 1]) for t in range(1, len(rgbs))])
+            ),
+            "warp_error_truth": float(
+                np.mean([warp_error(truths[t - 1], truths[t], *flows[t - 1]) for t in range(1, len(rgbs))])
+            ),
+        }
+    nonkey = [p for s in per_seq.values() for p in s["psnr_nonkey"]]
+    key = [p for s in per_seq.values() for p in s["psnr_key"]]
+    weights = [s["frames"] for s in per_seq.values()]
+    return {
+        "psnr_nonkey": float(np.mean(nonkey)),
+        "psnr_key": float(np.mean(key)),
+        "nonkeyframes": len(nonkey),
+        "warp_error": float(np.average([s["warp_error"] for s in per_seq.values()], weights=weights)),
+        "warp_error_truth": float(np.average([s["warp_error_truth"] for s in per_seq.values()], weights=weights)),
+        "per_sequence": {
+            k: {
+                "psnr_nonkey": float(np.mean(v["psnr_nonkey"])),
+                "warp_error": v["warp_error"],
+                "warp_error_truth": v["warp_error_truth"],
+            }
+            for k, v in per_seq.items()
+        },
+    }
 
 
 @dataclass(frozen=True)

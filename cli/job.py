@@ -102,6 +102,12 @@ def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing
     help="prefect: as a Prefect flow (embedded server unless PREFECT_API_URL is set); local: plain Python.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing output (a file, or an image sequence postprod wrote).")
+@click.option(
+    "--suggest",
+    "suggest_k",
+    type=click.IntRange(1),
+    help="Also write K grey frames per shot worth colouring into <workdir>/suggested (see postprod suggest).",
+)
 def run(
     reel: Path,
     refs: Path | None,
@@ -114,6 +120,7 @@ def run(
     method: Method,
     engine: str,
     force: bool,
+    suggest_k: int | None,
 ) -> None:
     """Colorize REEL end to end: shots, keyframes from the refs, propagation, encode."""
     from pipeline.run import RunSettings, check_run_inputs, run_reel
@@ -130,4 +137,14 @@ def run(
         from flows.reel import run_flow  # the Prefect wrapper of the same stages
 
         result = run_flow(reel, refs, out, workdir=workdir, settings=settings, force=force)
+    from cli.artist import suggest_frames
+    from pipeline.review import read_run
+    from pipeline.workdir import REVIEW_NAME
+
+    if suggest_k:
+        for line in suggest_frames(workdir, None, per_shot=suggest_k, budget=None):
+            click.echo(line)
+    click.echo(read_run(workdir).shots_line())
     click.echo(f"{result}: colorized {reel}")
+    click.echo(f"work folder: {workdir}")
+    click.echo(f"review page: {Path(workdir) / REVIEW_NAME}")

@@ -19,6 +19,7 @@ from types import FrameType
 
 import click
 
+from cli.artist import review, suggest
 from cli.job import plan, run
 from cli.media import frame, probe, shots, transcode
 from cli.stills import colorize_image, train_command
@@ -51,7 +52,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-for command in (probe, transcode, shots, frame, plan, colorize_image, run, train_command):
+for command in (probe, transcode, shots, frame, plan, colorize_image, run, suggest, review, train_command):
     cli.add_command(command)
 
 

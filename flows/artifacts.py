@@ -2,8 +2,10 @@
 
 Per run: a progress artifact updated as shots finish (shots done / total, frames/s, ETA), a
 Markdown report one page long whatever the reel (summary, failures, shots rerun after a lost
-worker, shots per worker, the contact sheet; the shots themselves for short reels) and a table
-of shots (every shot: refs, keyframes, status, seconds, working size, worker, flow runs). Keys are
+worker, shots per worker, the contact sheet, the review page, where colour is guessed and the
+suggested frames; the shots themselves for short reels), a table of where colour is guessed per
+shot (``<reel-slug>-confidence``) and a table of shots (every shot: refs, keyframes, status,
+seconds, working size, worker, flow runs). Keys are
 ``<reel-slug>-progress|report|shots`` (lowercase letters, digits and dashes, as Prefect requires),
 so the Artifacts page keeps each reel's history under one key.
 
@@ -18,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -101,6 +103,8 @@ MARKDOWN_SHOTS = 30
 the shots table artifact (sortable, paginated by the UI)."""
 MARKDOWN_LINES = 20
 """At most this many failed or rerun shots are listed one per line in the report."""
+CONFIDENCE_COLUMNS = ("shot", "frames", "guessed %", "worst frame", "worst guessed %", "suggested")
+"""Columns of the report's table of where colour is guessed (:func:`pipeline.review.shot_summaries`)."""
 SHOT_COLUMNS = ("shot", "frames", "tc in", "source", "refs", "keyframes", "status", *ShotOutcome.COLUMNS)
 """Columns of the report's Markdown shots table (the table artifact has every column)."""
 
@@ -109,7 +113,9 @@ SHOT_COLUMNS = ("shot", "frames", "tc in", "source", "refs", "keyframes", "statu
 class Report:
     """A finished (or stopped) run as the Markdown report shows it. ``out``: the output, None
     when it was not written; ``sheet``: link to the contact sheet, None when there is none;
-    ``frames``: frames of the reel."""
+    ``frames``: frames of the reel; ``review``: link to the review page (``review.html``), None
+    when there is none; ``confidence``: per shot where colour is guessed and the suggested frames
+    (:func:`pipeline.review.shot_summaries`)."""
 
     reel: Path
     out: Path | None
@@ -118,6 +124,8 @@ class Report:
     rows: list[dict[str, Any]]
     sheet: str | None
     frames: int = 0
+    review: str | None = None
+    confidence: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _capped(lines: list[str], what: str, table_key: str) -> list[str]:
@@ -186,6 +194,15 @@ def report_markdown(report: Report) -> str:
         lines += ["## Workers", "", *_table(("worker", "shots", "seconds"), workers), ""]
     if report.sheet:
         lines += [f"[Contact sheet: first keyframe of each shot, before / after]({report.sheet})", ""]
+    if report.review:
+        lines += [f"[Review page: per shot thumbnails, where colour is guessed, suggested frames]({report.review})", ""]
+    if report.confidence and len(report.confidence) <= MARKDOWN_SHOTS:
+        lines += ["## Where colour is guessed", "", *_table(CONFIDENCE_COLUMNS, report.confidence), ""]
+    elif report.confidence:
+        lines += [
+            f"Where colour is guessed, per shot: the table artifact `{artifact_key(report.reel, 'confidence')}`.",
+            "",
+        ]
     if len(report.rows) <= MARKDOWN_SHOTS:
         lines += ["## Shots", "", *_table(SHOT_COLUMNS, report.rows)]
     else:
@@ -201,6 +218,12 @@ def publish_report(report: Report) -> None:
         report_markdown(report), key=artifact_key(reel, "report"), description=f"colorize {reel.name}"
     )
     create_table_artifact(report.rows, key=artifact_key(reel, "shots"), description=f"shots of {reel.name}")
+    if report.confidence:
+        create_table_artifact(
+            report.confidence,
+            key=artifact_key(reel, "confidence"),
+            description=f"{reel.name}: share of each shot guessed, suggested frames to colour",
+        )
     if report.sheet and report.sheet.startswith(("http://", "https://")):
         create_image_artifact(
             report.sheet, key=artifact_key(reel, "contact-sheet"), description=f"contact sheet of {reel.name}"

@@ -48,7 +48,7 @@ from pipeline.errors import PostprodError
 from pipeline.keyframes import Plan
 from pipeline.review import CONTACT_SHEET
 from pipeline.settings import RunSettings
-from pipeline.workdir import PLAN_NAME, load_plan, lock_workdir, shot_key
+from pipeline.workdir import PLAN_NAME, load_plan, lock_workdir, segment_path, shot_key
 
 POLL_SECONDS = 2.0
 """How often the reel's flow looks at its shots' flow runs on a farm."""
@@ -361,6 +361,9 @@ def _colorize_locked(
 
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
+    reused = [
+        s.index for s in plan.shots if s.source != "grey" and segment_path(workdir, plan, s.index, settings).exists()
+    ]
     with nullcontext() if shot_deployment else gpu_slots(slots):
         for wave in run.shot_waves(plan):
             blocked = _blocked(plan, wave, failures)
@@ -378,13 +381,23 @@ def _colorize_locked(
     except Exception as err:  # the report still goes out, without its picture
         logger.warning("no contact sheet: %s", one_line(err))
         sheet = None
-    written = None
+    written = page = None
     try:
         if failures:
             raise ReelIncomplete(out, failures)
         written = assemble(plan_file, segments, out, settings, force)
+        review.record_run(plan, workdir, settings, out, reused=reused)
+        try:
+            page = review.write_review(workdir)
+        except Exception as err:  # the output is written: a review page that cannot be made is a warning
+            logger.warning("no review page: %s", one_line(err))
         return written
     finally:
+        try:
+            guessed = review.shot_summaries(plan, workdir, settings)
+        except Exception as err:  # the report still goes out, without the confidence table
+            logger.warning("no confidence table: %s", one_line(err))
+            guessed = []
         publish_report(
             Report(
                 reel=reel,
@@ -394,6 +407,8 @@ def _colorize_locked(
                 rows=shot_rows(plan, outcomes, failures),
                 sheet=file_link(sheet) if sheet else None,
                 frames=plan.frames,
+                review=file_link(page) if page else None,
+                confidence=guessed,
             )
         )
 

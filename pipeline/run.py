@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.color import luma_table, work_grey_codes
+from pipeline.confidence import ConfidenceRecorder, confidence_path
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
 from pipeline.keyframes import Plan, ShotPlan, plan_keyframes, write_plan
@@ -42,6 +43,7 @@ from pipeline.media.encode import REMUX_CODECS, ReelWriter, check_output
 from pipeline.media.probe import ReelInfo, probe, probe_header
 from pipeline.progress import SILENT, Progress
 from pipeline.refs import RefSet, read_refs
+from pipeline.review import record_run, write_review
 from pipeline.settings import RunSettings
 from pipeline.shots import ShotList, detect_shots, write_json
 from pipeline.workdir import (
@@ -217,14 +219,17 @@ def colorize_shot(
     artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured" and k.image is not None}
     grey = shot_grey(plan, shot, workdir, info, engine.work)
     coloured = engine.propagate(grey, shot, keys, on_step=progress.step)
+    record = ConfidenceRecorder(shot.start)
     with ReelWriter(dest, info, segment_codec(settings.codec), copy_audio=False) as writer:
         layout = writer.chroma_layout
         for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
+            record.add(out.confidence)
             image = artist.get(frame.index)
             if image is None:
                 writer.write(frame.luma, engine.full_chroma(frame, grey[frame.index - shot.start], out.ab, layout))
             else:
                 writer.write(frame.luma, engine.artist_chroma(frame, image))
+        record.save(confidence_path(dest))  # before the segment appears: a segment always has its record
     progress.shot_done(shot_index)
     return dest
 
@@ -295,8 +300,9 @@ def run_reel(
     progress: Progress = SILENT,
 ) -> Path:
     """The whole job in this process: inputs checked (:func:`check_run_inputs`), then, holding
-    the work folder's lock, prepare, every shot wave by wave, assemble. ``progress`` hears
-    every stage (:class:`pipeline.progress.Progress`)."""
+    the work folder's lock, prepare, every shot wave by wave, assemble; then the run's record
+    (``last-run.json``: shots redone and reused) and review page (``review.html``) in the work
+    folder. ``progress`` hears every stage (:class:`pipeline.progress.Progress`)."""
     workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     with lock_workdir(workdir):
         plan = prepare_run(reel, refs, workdir, settings)
@@ -305,11 +311,15 @@ def run_reel(
         ]
         progress.reel(len(todo), sum(s.end - s.start for s in todo))
         segments: dict[int, Path | None] = {}
+        redo = {s.index for s in todo}
+        reused = [s.index for s in plan.shots if s.source != "grey" and s.index not in redo]
         for wave in shot_waves(plan):
             for i in wave:
                 segments[i] = colorize_shot(plan, i, workdir, settings, progress=progress)
         result = assemble(
             plan, segments, out, settings, workdir=workdir, force=force, progress=progress, inputs=(refs, workdir)
         )
+        record_run(plan, workdir, settings, out, reused=reused)
+        write_review(workdir)
         progress.done()
         return result

@@ -13,13 +13,19 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
                               codec when that is intra-only (:data:`~pipeline.media.encode.REMUX_CODECS`,
                               joined by remuxing), else lossless FFV1 (:func:`segment_codec`);
                               ``key`` is :func:`shot_key`, so the segment *is* the cache
+    confidence/shot-<i>-<key>.npz
+                              where shot i's colour is guessed, per frame (``pipeline.confidence``)
+    last-run.json             the last run's command, settings and shots redone / reused
+    review.html               the review page of the last run (``pipeline.review``)
+    contact-sheet.png         first keyframe of each shot, before / after (Prefect runs, ``pipeline.review``)
+    suggested/                grey frames suggested for an artist to colour (``pipeline.suggest``)
     run.lock                  held by the run using the folder (:func:`lock_workdir`)
 
 A segment is written atomically, so one that exists is complete and is reused as it is; one
 whose inputs changed has another key, another name, and is recomputed. The key covers the
-reel's content, the shot's frames and keyframes, every reference image and mask the shot uses
-(and the keys of the shots it borrows colour from), the model weights, the settings that
-change pixels, the segment's codec and :data:`COLOUR_VERSION`.
+reel's content, the shot's frames and keyframes, every reference image and mask the shot uses, by
+content, not by name or folder (and the keys of the shots it borrows colour from), the model weights,
+the settings that change pixels, the segment's codec and :data:`COLOUR_VERSION`.
 
 Hashes are memoised per process by the file's identity (path, size, modification time), so
 asking for a key again, or for the keys of many shots of one reel, reads each file once.
@@ -56,6 +62,10 @@ LOCK_NAME = "run.lock"
 SHOTS_NAME = "shots.json"
 SEGMENTS = "segments"
 LIGHTNESS = "lightness"
+CONFIDENCE = "confidence"
+LAST_RUN_NAME = "last-run.json"
+REVIEW_NAME = "review.html"
+SUGGESTED = "suggested"
 COLOUR_VERSION = 3
 """Part of every shot key: raised with any change to the colour maths that changes pixels, so a
 work folder left by an older postprod is recomputed, not reused."""
@@ -155,11 +165,7 @@ def shot_key(plan: Plan, shot_index: int, settings: RunSettings) -> str:
     shot = plan.shots[shot_index]
     h = hashlib.sha256(f"colour {COLOUR_VERSION}".encode())
     h.update(reel_fingerprint(plan.reel).encode())
-    h.update(json.dumps(shot.to_dict(), sort_keys=True).encode())
-    for k in shot.keyframes:
-        for p in [k.image, *[q for o in k.objects for q in (o.image, o.mask, o.refmask)]]:
-            if p is not None:
-                h.update(file_hash(p).encode())
+    h.update(json.dumps(_by_content(shot.to_dict()), sort_keys=True).encode())
     for n in shot.neighbours:
         h.update(shot_key(plan, n, settings).encode())
     h.update(weights_hash().encode())
@@ -173,6 +179,16 @@ def segment_codec(codec: CodecName) -> CodecName:
     when segments are joined by remuxing (intra-only: ProRes, FFV1), else lossless FFV1, which
     :func:`pipeline.run.assemble` re-encodes (H.264's long GOP, image sequences)."""
     return codec if codec in REMUX_CODECS else "ffv1"
+
+
+def _by_content(shot: dict) -> dict:
+    """A shot plan's dict with every reference file (image, mask, refmask) replaced by its hash."""
+    keys = []
+    for k in shot["keyframes"]:
+        objects = [{n: v if n == "name" else file_hash(Path(v)) for n, v in o.items()} for o in k["objects"]]
+        image = None if k["image"] is None else file_hash(Path(k["image"]))
+        keys.append({**k, "image": image, "objects": objects})
+    return {**shot, "keyframes": keys}
 
 
 def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettings) -> Path:
