@@ -126,7 +126,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "lightness": [("pipeline/color.py", "work_grey_codes")],
     "keyframes": [("pipeline/engine.py", "keyframe_ab")],
     "propagation (all)": [("pipeline/propagate.py", "propagate_shot")],
-    "  flow": [("pipeline/propagate.py", "optical_flow")],
+    "  flow": [("pipeline/flow.py", "flow")],
     "  refine": [("pipeline/propagate.py", "refine_chroma")],
     "  attention": [("pipeline/propagate.py", "colorize")],
     "full-res chroma": [("pipeline/engine.py", "full_chroma")],
