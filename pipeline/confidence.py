@@ -22,8 +22,11 @@ import numpy as np
 
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
-from pipeline.propagate import UNSURE
 from pipeline.workdir import CONFIDENCE
+
+UNSURE = 0.5
+"""A confidence (path or flow check, ``pipeline.propagate`` steps b, d, e) below this counts as
+unsure: such a pixel's colour is mostly the attention term's guess."""
 
 MAP_SIZE = 48
 """Short side (px) of the kept confidence maps (the working resolution's, if smaller)."""

@@ -1,21 +1,19 @@
-"""Colour propagation through a shot from its coloured keyframes (issue 5).
+"""Colour propagation through a shot from its coloured keyframes.
 
 Input: the shot's lightness at working resolution (Lab L, (h, w) float32 in [0, 100], short side
 about 256 px) and the ab of one or more keyframes; output: every frame's ab at working
 resolution, which :func:`upsample_chroma` brings to full resolution guided by the full-resolution
 L, one frame at a time. Only chroma is produced: the source's luma passes through untouched.
 
-Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.md):
+Method (its settings are measured on DAVIS with ``bench/bench_propagation.py``; figures and what
+was tried: bench/README.md):
 
 1. Sweeps. From each keyframe a forward sweep runs up to the next keyframe (or the shot's end)
    and a backward sweep down to the previous keyframe (or the shot's start). A sweep colours
    frame t from its previous frame s = t -/+ 1, which it has already coloured:
 
-   a. Flow (``pipeline.flow``): OpenCV DIS (medium preset, but down to the finest pyramid level:
-      the preset stops one level above, at half the working resolution) on 8-bit L, both ways
-      between t and s. 12
-      DAVIS sequences, first frame only, whole sequences: 31.95 -> 32.11 dB (mean of the
-      sequences; 11 better, libby 0.3 dB worse) at -10 % frames/s.
+   a. Flow (``pipeline.flow``): OpenCV DIS (medium preset, down to the finest pyramid level) on
+      8-bit L, both ways between t and s.
    b. Occlusion confidence: forward-backward consistency (Sundaram, Brox & Keutzer 2010,
       |w + w'|^2 < alpha (|w|^2 + |w'|^2) + beta; 1 inside the tolerance, decaying beyond);
       0 where the flow leaves the frame. The path confidence C_t = warp(C_s) * consistency_t
@@ -24,54 +22,29 @@ Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.m
    c. Propagated colour: s's output ab and L warped to t, then a local luma-guided correction
       (:func:`refine_chroma`): each pixel takes a softmax-weighted mean of the warped ab within
       ``search_radius`` px, weighted by the 3x3 patch distance between its L and the warped L
-      plus a distance penalty. It snaps colour edges back onto the current frame's luma edges
-      where the flow is a few pixels off (DAVIS blackswan, 50 frames, working-resolution
-      PSNR: bare chained warping 28.0 dB, with the correction 30.2 dB; on libby, a pan, 0.9 dB
-      worse: colour smeared in from the frame's edge gets corrected, not removed; step e is
-      what fixes those pixels).
+      plus a distance penalty, which snaps colour edges back onto the frame's luma edges where
+      the flow is a few pixels off.
    d. Keyframe anchor (no drift): the keyframe coordinates of every pixel are composed along
-      the chain and corrected by a residual DIS flow between frame t and the keyframe's L
+      the chain and corrected by a residual flow between frame t and the keyframe's L
       resampled at them; the keyframe's own ab, sampled there once (so it never blurs), replaces
-      the chained colour with weight C * exp(-patch L error / ``anchor_scale``). On a 300-frame
-      swaying synthetic shot the mean ab error at the end is 0.7 with the anchor, 5.3 without
-      (bare warping: 4.6): chains drift, the anchor does not.
-      Restoring confidence: where the keyframe at those coordinates matches frame t
-      (g = (1 - C) exp(-patch L error / ``restore_scale``)), the anchored colour gets weight g
-      beside the output's C and the path confidence becomes C + g. Without it C only decays
-      along the chain (a soft forward-backward check on fine texture is rarely exactly 1), and
-      after a few dozen frames of a pan everything is handed to the attention term, whose
-      colours fade through its own feedback. 12 DAVIS sequences, first frame only, whole
-      sequences: 31.36 -> 31.90 dB (paragliding-launch 28.09 -> 31.39, libby 28.00 -> 28.69).
-      Revealed background (``anchor_direct``): a pixel uncovered by a moving object has chained
-      coordinates that followed the object. Where the path confidence is below 1/2, a direct
-      DIS flow from frame t to the keyframe (forward-backward checked) gives a second guess,
-      taken where its 5x5 patch L error is below half the chain's. Synthetic square crossing a
-      textured background: ab error on the revealed background 1.1 with it, 34 without. 12
-      DAVIS sequences, whole, first frame only: 32.14 -> 32.33 dB (breakdance, a dancer in front
-      of a crowd, +0.8); taking it everywhere and without the check: 32.16 (soapbox -0.5, libby
-      -0.5: a pan's direct flow finds wrong matches of low L error).
+      the chained colour with weight C * exp(-patch L error / ``anchor_scale``). Where the
+      keyframe at those coordinates matches frame t, g = (1 - C) exp(-patch L error /
+      ``restore_scale``) gives the anchored colour weight g beside C and the path confidence
+      becomes C + g, so that confidence is restored, not only decayed, along a pan.
+      Revealed background (``anchor_direct``): where C < 1/2, a direct flow from frame t to the
+      keyframe (forward-backward checked) gives a second guess of the coordinates, taken where
+      its 5x5 patch L error is below ``anchor_direct_ratio`` times the chain's (background
+      uncovered by a moving object: its chained coordinates followed the object).
    e. Attention term (content the keyframe does not show): every ``attention_every`` frames,
       when some of the frame has low path confidence, the exemplar colorizer (default: the
-      training-free super-attention transfer of ``model.transfer`` at ``attention_size``, no
-      regrain, with an image-position prior: in one shot the sky stays at the top) colours t from
-      the sweep's keyframe. Between computations the term is carried by warping, and a new
-      computation is averaged with the carried term (``attention_blend``) so that it does not
-      flicker. It starts as the keyframe's colour. The previous output is not a reference here
-      (it still is, through steps a-d): with it, the attention term copies the previous output
-      (a near-identical frame matches best) and unsure colours feed back on themselves and fade
-      (libby turns grey over 50 frames). With the finest flow: previous output and no position
-      prior 28.86 dB (6 hard sequences), with the prior 28.77, keyframe only with the prior 28.95;
-      all 12: 32.14 dB against 31.90 before both changes (frame mean). At 192 px instead of
-      128: 32.21 dB (temperature 0.03 / 0.06 instead of 0.015: 32.10 / 32.00; an earlier output,
-      every 8 or 16 frames, as a second reference with its path confidence as a prior on its
-      superpixels: 32.15 / 32.14).
+      training-free super-attention transfer of ``model.transfer``, thesis ch. 4, at
+      ``attention_size``, no regrain, with an image-position prior) colours t from the sweep's
+      keyframe. Between computations the term is carried by warping, and a new computation is
+      averaged with the carried term (``attention_blend``) so that it does not flicker. The
+      previous output is not a reference of the attention term (with it, unsure colours feed
+      back on themselves and fade).
    f. Output: C^p * (c, d) + (1 - C^p) * attention term (p = ``confidence_power``): confident
-      pixels follow the flow and the keyframe, occluded or new ones the attention term; p = 1/2
-      leans towards the propagated colour at middling confidence (the attention term is the
-      weaker guess: 32.14 -> 32.18 dB alone; with the revealed background and the 192 px
-      attention term, all three: 32.44 dB). On 4 DAVIS sequences (40 frames) the
-      attention term took libby (camera pan: most of the frame is new) from 25.6 to 28.5 dB and
-      cost 0.4 dB on camel and 0.15 dB on blackswan, where propagation alone was right.
+      pixels follow the flow and the keyframe, occluded or new ones the attention term.
 
 2. Fusion: between two keyframes, the forward and backward outputs are averaged per pixel
    with weights (C + eps) / d, d the temporal distance to the sweep's keyframe: a frame
@@ -89,10 +62,7 @@ Method (numbers measured with ``bench/bench_propagation.py``, see bench/README.m
    yielded; in between nothing leaves torch except the DIS flows (OpenCV, on the host) and one
    read every ``attention_every`` frames (whether the attention term is due). The steps that do
    not depend on colour (a, b, d) run first over a run of frames, so the frames due an
-   attention term (e) are known and coloured in one batch. Against the numpy/OpenCV
-   implementation this replaced (``cv2.remap``'s 1/32 px interpolation weights, float32
-   ``grid_sample`` here), a 10-frame synthetic shot differs by 0.005 in mean ab
-   (tests/test_propagate_torch.py), and 20 frames of DAVIS libby by 0.01 dB.
+   attention term (e) are known and coloured in one batch.
 
 Conventions: L in [0, 100], ab in CIE units (roughly [-110, 110]); images are (B, C, h, w)
 float32 tensors, flows (B, 2, h, w) float32 in px as (dx, dy) with
@@ -116,6 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.confidence import UNSURE
 from pipeline.flow import FlowBackend, FlowMethod, flow_backend, pixel_grid, remap, warp
 
 if TYPE_CHECKING:
@@ -149,7 +120,6 @@ StepCallback = Callable[[int, int], None]
 
 FUSION_EPS = 0.05  # keeps a sweep's weight above 0 where both are unsure: distance decides there
 REFINE_BAND = 64  # output rows of refine_chroma computed at once (bounds its 49-offset buffers)
-UNSURE = 0.5  # a path (or flow check) confidence below this counts as unsure (steps d and e)
 
 
 @dataclass(frozen=True)
@@ -208,7 +178,7 @@ class PropagationSettings:
     anchor: bool = True
     anchor_scale: float = 10.0
     restore: bool = True
-    restore_scale: float = 20.0  # 10: 31.82 dB, 20: 31.90, 40: 31.91 (12 DAVIS sequences, first frame)
+    restore_scale: float = 20.0
     anchor_direct: bool = True
     anchor_direct_ratio: float = 0.5
 

@@ -208,7 +208,7 @@ def test_tuning_bench_names_a_reel_it_cannot_decode(tmp_path: Path, capsys: pyte
 
 
 def test_reel_bench_refs_are_the_true_frames_as_png(davis: Path, tmp_path: Path) -> None:
-    """Issue 5's protocol: ``frame-<N>.png`` refs at each shot's keyframes, pixel for pixel the
+    """The reel protocol: ``frame-<N>.png`` refs at each shot's keyframes, pixel for pixel the
     true frames that the bench scores against; the grey reel has every frame."""
     import av
     import cv2
