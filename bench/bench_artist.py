@@ -30,12 +30,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from bench.toolkit import (
     DEFAULT_DAVIS,
+    REEL_FPS,
+    REEL_TIMECODE,
     ReelShot,
     davis_grey_reel,
     list_sequences,
@@ -46,8 +47,6 @@ from bench.toolkit import (
 )
 from pipeline.images import read_rgb, write_rgb
 
-FPS = Fraction(24000, 1001)
-TIMECODE = "10:00:00:00"
 DEFAULT_OUT = Path("bench") / "results" / "artist.json"
 ROWS = ("first", "first+1suggested", "first+1even", "first+2suggested", "first+2even", "first+last")
 """In the order they run (the most telling first)."""
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     reel = work / "reel.mkv"
     shots = davis_grey_reel(
-        args.davis, sequences, reel, FPS, max_frames=args.max_frames, codec="ffv1", timecode=TIMECODE
+        args.davis, sequences, reel, REEL_FPS, max_frames=args.max_frames, codec="ffv1", timecode=REEL_TIMECODE
     )
     result: dict[str, Any] = {
         "sequences": sequences,

@@ -48,7 +48,6 @@ import shutil
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,8 @@ import numpy as np
 
 from bench.toolkit import (
     DEFAULT_DAVIS,
+    REEL_FPS,
+    REEL_TIMECODE,
     TARGET_PSNR,
     ReelShot,
     check_media,
@@ -73,8 +74,6 @@ from pipeline.images import read_rgb, write_rgb
 from pipeline.media.probe import probe
 from pipeline.media.synth import write_cut_reel, write_grey_reel, write_shot_refs
 
-FPS = Fraction(24000, 1001)
-TIMECODE = "10:00:00:00"
 DEFAULT_OUT = Path("bench") / "results" / "run.json"
 
 
@@ -100,7 +99,7 @@ def build_reel(
     reel = dest / "reel.mkv"
     if size is None:
         shots = davis_grey_reel(
-            davis, sequences, reel, FPS, max_frames=max_frames, codec="ffv1", timecode=TIMECODE, audio=True
+            davis, sequences, reel, REEL_FPS, max_frames=max_frames, codec="ffv1", timecode=REEL_TIMECODE, audio=True
         )
     else:
         shots, start = [], 0
@@ -109,7 +108,7 @@ def build_reel(
             shots.append(ReelShot(name, start, files))
             start += len(files)
         greys = (_sized(read_grey(f), size) for s in shots for f in s.frames)
-        write_grey_reel(reel, greys, FPS, codec="ffv1", timecode=TIMECODE, audio=True)
+        write_grey_reel(reel, greys, REEL_FPS, codec="ffv1", timecode=REEL_TIMECODE, audio=True)
     for shot in shots:
         keys = [0] if variant == "first" else [0, len(shot.frames) - 1]
         for k in keys:

@@ -125,6 +125,11 @@ class ReelShot:
         return self.start + len(self.frames)
 
 
+REEL_FPS = Fraction(24000, 1001)
+REEL_TIMECODE = "10:00:00:00"
+"""Rate and start timecode of the DAVIS reel that ``bench_run`` and ``bench_artist`` colour."""
+
+
 def davis_grey_reel(
     davis: Path,
     sequences: Sequence[str],

@@ -238,13 +238,25 @@ def write_rgb(
     """
     path = Path(path)
     check_image_output(path, force=force, inputs=inputs)
-    if bit_depth == 16 and path.suffix.lower() not in (".png", ".tif", ".tiff"):
+    try:
+        data = encode_image(rgb, path.suffix, bit_depth=bit_depth)
+    except ValueError:
+        raise PostprodError(path, "could not encode image") from None
+    with atomic_output(path, force=force, inputs=inputs) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def encode_image(rgb: np.ndarray, suffix: str, *, bit_depth: int = 8) -> bytes:
+    """(H, W, 3) RGB or (H, W) grey, float in [0, 1] -> the bytes of an 8 or 16-bit image file of
+    type ``suffix`` (``.png``, ``.jpg``, ...; 16 bits only for PNG and TIFF, others get 8).
+    Raises ValueError when OpenCV cannot encode it."""
+    suffix = suffix.lower()
+    if bit_depth == 16 and suffix not in (".png", ".tif", ".tiff"):
         bit_depth = 8  # JPEG/WebP/BMP hold 8 bits only
     scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
     out = np.clip(np.rint(np.clip(rgb, 0.0, 1.0) * scale), 0, scale).astype(dtype)
-    with atomic_output(path, force=force, inputs=inputs) as tmp:
-        ok, buf = cv2.imencode(path.suffix.lower(), out if out.ndim == 2 else cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise PostprodError(path, "could not encode image")
-        buf.tofile(tmp)
-    return path
+    ok, buf = cv2.imencode(suffix, out if out.ndim == 2 else cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode {suffix}")
+    return bytes(buf.tobytes())

@@ -23,12 +23,12 @@ from pipeline.color import rgb_from_luma_chroma
 from pipeline.confidence import ShotConfidence
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output
-from pipeline.images import read_colour, write_rgb
+from pipeline.images import encode_image, read_colour, write_rgb
 from pipeline.keyframes import Plan, ShotPlan
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import ReelInfo, probe
 from pipeline.settings import RunSettings
-from pipeline.suggest import Suggestion, encode_rgb, rank, shot_records
+from pipeline.suggest import Suggestion, rank, shot_records
 from pipeline.workdir import LAST_RUN_NAME, REVIEW_NAME, load_plan, segment_path
 
 CONTACT_SHEET = "contact-sheet.png"
@@ -174,7 +174,7 @@ def _data_uri(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> str:
     h, w = rgb.shape[:2]
     width = max(2, round(height * w / h))
     small = cv2.resize(np.asarray(rgb, np.float32), (width, height), interpolation=cv2.INTER_AREA)
-    return "data:image/jpeg;base64," + base64.b64encode(encode_rgb(small, ".jpg")).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encode_image(small, ".jpg")).decode("ascii")
 
 
 def _frame_rgb(path: Path, index: int, info: ReelInfo, chroma: bool) -> np.ndarray:

@@ -27,13 +27,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pipeline.color import rgb_from_luma_chroma
 from pipeline.confidence import ShotConfidence, confidence_path, read_confidence
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
+from pipeline.images import encode_image
 from pipeline.keyframes import Plan, ShotPlan
 from pipeline.media.decode import iter_frames
 from pipeline.media.probe import probe
@@ -181,16 +181,7 @@ def grey_frame_png(plan: Plan, frame: int) -> bytes:
     info = probe(plan.reel)
     f = next(iter_frames(plan.reel, frame, frame + 1))
     rgb = rgb_from_luma_chroma(f.luma, None, f.bit_depth, info.luma_range, info.matrix)
-    return encode_rgb(rgb, ".png")
-
-
-def encode_rgb(rgb: np.ndarray, suffix: str = ".png") -> bytes:
-    """(H, W, 3) float RGB in [0, 1] as 8-bit ``.png`` or ``.jpg`` file bytes."""
-    bgr = np.clip(np.rint(np.asarray(rgb)[..., ::-1] * 255.0), 0, 255).astype(np.uint8)
-    ok, data = cv2.imencode(suffix, bgr)
-    if not ok:
-        raise ValueError(f"cannot encode {suffix}")
-    return bytes(data.tobytes())
+    return encode_image(rgb, ".png")
 
 
 def write_suggestions(
