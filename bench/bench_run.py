@@ -122,7 +122,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     # stage -> (file suffix, function) whose cumulative times are added up
     "decode": [("pipeline/media/decode.py", "_decode")],
     "shot features": [("pipeline/shots/features.py", "compute_features")],
-    "lightness": [("pipeline/color.py", "work_grey_codes")],
+    "lightness": [("pipeline/color.py", "work_grey")],
     "keyframes": [("pipeline/engine.py", "keyframe_ab")],
     "propagation (all)": [("pipeline/propagate.py", "propagate_shot")],
     "  flow": [("pipeline/flow.py", "flow")],

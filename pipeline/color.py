@@ -93,20 +93,17 @@ def luma_table(bit_depth: int, color_range: Range) -> np.ndarray:
     return codes_to_luma(np.arange(2**bit_depth, dtype=np.uint32), bit_depth, color_range)
 
 
-GREY_SCALE = 65535
-"""Working-resolution grey codes (:func:`work_grey_codes`): grey in [0, 1] times this, rounded,
-as uint16 (steps of 1.5e-5)."""
-
-
-def work_grey_codes(luma: np.ndarray, table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) luma codes -> (h, w) uint16 grey codes at working resolution ``size``: grey in
-    [0, 1] (``table``: :func:`luma_table`) area-averaged to ``size``, times :data:`GREY_SCALE`, rounded."""
+def work_grey(luma: np.ndarray, table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) luma codes -> (h, w) float32 grey in [0, 1] at working resolution ``size``: the
+    codes through ``table`` (:func:`luma_table`), area-averaged to ``size`` (bilinear when
+    enlarging). Stored as is in the work folder, so the propagation reads exactly the grey a
+    decode would give it."""
     grey = table[luma] if luma.dtype != np.uint8 else cv2.LUT(luma, table)
     h, w = size
     if grey.shape != (h, w):
         interp = cv2.INTER_AREA if h < grey.shape[0] else cv2.INTER_LINEAR
         grey = cv2.resize(grey, (w, h), interpolation=interp)
-    return np.rint(np.clip(grey, 0.0, 1.0) * float(GREY_SCALE)).astype(np.uint16)
+    return np.clip(grey, 0.0, 1.0, out=grey).astype(np.float32, copy=False)
 
 
 def luma_to_codes(y: np.ndarray, bit_depth: int, color_range: Range) -> np.ndarray:
@@ -320,7 +317,7 @@ def full_chroma_codes(
 
     luma: (H, W) integer luma codes at ``bit_depth`` (uint8, or int32/int16 holding them);
     small_grey: (h, w) float32 grey in [0, 1] at working resolution (the frame's luma area-
-    averaged, :func:`work_grey_codes` / :data:`GREY_SCALE`); ab: (2, h, w) float32 CIE ab there.
+    averaged, :func:`work_grey`); ab: (2, h, w) float32 CIE ab there.
     Steps: Lab (L of ``small_grey``) -> R'G'B' -> Cb, Cr at working resolution; guided upsampling
     by the full-resolution grey (the fast guided filter, He & Sun 2015, as :func:`guided_upsample`);
     :func:`legal_chroma` for that grey; block means over ``subsampling`` (sx, sy) pixels (edge

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.color import (
-    GREY_SCALE,
     chroma_from_rgb,
     codes_to_luma,
     lab_from_rgb,
@@ -97,8 +96,8 @@ class ShotColourer:
     ) -> Iterator[PropagatedFrame]:
         """Yield each frame's ab and confidence at working resolution, in order (``pipeline.propagate``).
 
-        ``grey``: (n, h, w) uint16 the shot's grey codes at working resolution
-        (:func:`pipeline.color.work_grey_codes`, as the work folder stores them); ``keys``: reel
+        ``grey``: (n, h, w) float32 the shot's grey in [0, 1] at working resolution
+        (:func:`pipeline.color.work_grey`, as the work folder stores it); ``keys``: reel
         frame -> (2, h, w) ab of the shot's keyframes; ``on_step``: progress
         (:data:`pipeline.propagate.StepCallback`)."""
         from pipeline.colorize import shared_vgg16
@@ -115,7 +114,7 @@ class ShotColourer:
             if settings.attention_every > 0
             else None
         )
-        lightness = (lightness_from_grey(g.astype(np.float32) / np.float32(GREY_SCALE)) for g in grey)
+        lightness = (lightness_from_grey(np.asarray(g, dtype=np.float32)) for g in grey)
         yield from propagate_shot(
             lightness,
             {k - shot.start: v for k, v in keys.items()},
@@ -139,8 +138,8 @@ class ShotColourer:
     def full_chroma(self, frame: Frame, grey: np.ndarray, ab: object, layout: tuple[int, int, int]) -> np.ndarray:
         """Working-resolution ab + the frame's luma -> the writer's chroma codes, on :attr:`device`.
 
-        ``grey``: (h, w) uint16 the frame's working-resolution grey codes (as the propagation
-        read them); ``ab``: (2, h, w) float32 CIE ab (numpy or torch); ``layout``: the writer's
+        ``grey``: (h, w) float32 the frame's working-resolution grey (as the propagation
+        read it); ``ab``: (2, h, w) float32 CIE ab (numpy or torch); ``layout``: the writer's
         :attr:`~pipeline.media.encode.ReelWriter.chroma_layout` (sx, sy, depth). Lab -> R'G'B'
         -> Cb, Cr at working resolution, guided upsampling by the full-resolution luma (chroma
         edges follow the source's detail), limited to what that luma can show (black and white
@@ -163,7 +162,7 @@ class ShotColourer:
             with torch.inference_mode():
                 codes = full_chroma_codes(
                     torch.from_numpy(luma).to(self.device),
-                    torch.from_numpy(grey.astype(np.float32) / np.float32(GREY_SCALE)).to(self.device),
+                    torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32)).to(self.device),
                     torch.as_tensor(ab).to(self.device),
                     bit_depth=frame.bit_depth,
                     color_range=self.info.luma_range,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.color import luma_table, work_grey_codes
+from pipeline.color import luma_table, work_grey
 from pipeline.confidence import ConfidenceRecorder, confidence_path
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
@@ -125,17 +125,17 @@ def work_size_of(info: ReelInfo, settings: RunSettings) -> tuple[int, int]:
 
 def analyse_reel(reel: Path, info: ReelInfo, dest: Path, size: tuple[int, int]) -> ShotList:
     """One decode pass of ``reel``: its shots (:func:`pipeline.shots.detect_shots`) and its grey
-    at working resolution ``size`` (h, w), written to ``dest`` (``.npy``, (frames, h, w) uint16,
-    :func:`pipeline.color.work_grey_codes`) atomically; returns the shots."""
+    at working resolution ``size`` (h, w), written to ``dest`` (``.npy``, (frames, h, w) float32,
+    :func:`pipeline.color.work_grey`) atomically; returns the shots."""
     table = luma_table(info.bit_depth, info.luma_range)
     with atomic_output(dest, force=True) as tmp:
-        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(info.frames, *size))
+        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(info.frames, *size))
         seen = 0
 
         def record(frame: Frame) -> None:
             nonlocal seen
             if frame.index < info.frames:
-                store[frame.index] = work_grey_codes(frame.luma, table, size)
+                store[frame.index] = work_grey(frame.luma, table, size)
             seen = max(seen, frame.index + 1)
 
         shots = detect_shots(reel, on_frame=record)
@@ -146,14 +146,14 @@ def analyse_reel(reel: Path, info: ReelInfo, dest: Path, size: tuple[int, int]) 
 
 
 def shot_grey(plan: Plan, shot: ShotPlan, workdir: Path, info: ReelInfo, size: tuple[int, int]) -> np.ndarray:
-    """(n, h, w) uint16 grey codes of ``shot`` at working resolution ``size``: read from the
+    """(n, h, w) float32 grey in [0, 1] of ``shot`` at working resolution ``size``: read from the
     work folder's lightness file (:func:`analyse_reel`), or decoded from the reel when there is
     none for this size (a shot retried at a lower working resolution)."""
     path = lightness_path(workdir, plan.reel, size)
     if path.exists():
-        return np.asarray(np.load(path, mmap_mode="r")[shot.start : shot.end])
+        return np.array(np.load(path, mmap_mode="r")[shot.start : shot.end])
     table = luma_table(info.bit_depth, info.luma_range)
-    return np.stack([work_grey_codes(f.luma, table, size) for f in iter_frames(plan.reel, shot.start, shot.end)])
+    return np.stack([work_grey(f.luma, table, size) for f in iter_frames(plan.reel, shot.start, shot.end)])
 
 
 def prepare_run(reel: Path, refs: Path | None, workdir: Path, settings: RunSettings) -> Plan:

@@ -5,16 +5,20 @@ Input: the keyframe plan and, per shot, the confidence record of its last colour
 confidence (0 on keyframes; high where the propagation lost its path and the attention term
 guesses, see ``pipeline.propagate`` steps b and e).
 
-Ranking (greedy coverage, in the spirit of facility location): a new coloured keyframe at f
-starts sweeps both ways up to the neighbouring keyframes a < f < b (``pipeline.propagate`` step 1),
-so it can only help frames in (a, b), and it helps a frame less the farther it is: frame t's
-uncertainty becomes u_t (1 - w), w = exp(-|t - f| / tau), tau = :data:`REACH` x (b - a) (a and b:
-the shot's ends when there is no keyframe on that side). The *gain* of f is sum_t u_t w over
-(a, b): large guessed areas far from every keyframe gain most. The best frame is picked, the
-uncertainties are reduced as if it were coloured, f becomes a keyframe (splitting its segment),
-and the next pick is made, so picks spread out instead of clustering on one bad stretch. Frames
-within :data:`MIN_GAP` of a keyframe are never suggested. ``per_shot=K`` picks K frames in every
-shot; ``budget=N`` picks N frames over the reel, always the best gain of any shot next.
+Ranking (coverage, in the spirit of facility location): a new coloured keyframe at f starts
+sweeps both ways up to the neighbouring keyframes a < f < b (``pipeline.propagate`` step 1), so it
+can only help frames in (a, b), and it helps a frame less the farther it is: frame t's uncertainty
+becomes u_t (1 - w), w = exp(-|t - f| / tau), tau = :data:`REACH` x (b - a) (a and b: the shot's
+ends when there is no keyframe on that side). The *gain* of a set of picks is the uncertainty they
+remove, each pick's window bounded by its neighbours among keyframes and picks: large guessed
+areas far from every keyframe gain most. Picks are made greedily (the best marginal gain next, so
+they spread out instead of clustering on one bad stretch), then improved as a set by local search
+(each pick moved to its best frame with the others fixed, until none moves: the greedy first pick
+sits where one pick is best, not where it is best beside a second). Frames within
+:data:`MIN_GAP` of a keyframe or of another pick are never suggested. ``per_shot=K`` picks K frames
+in every shot; ``budget=N`` picks N frames over the reel, always the best marginal gain of any shot
+next, then each shot's picks are improved as a set. A suggestion's ``gain`` is what its shot's
+set would lose without it.
 
 Shots left grey count as wholly uncertain; a shot whose record is missing (a work folder left
 by an older postprod) as uncertain in proportion to the distance from its keyframes.
@@ -23,7 +27,7 @@ by an older postprod) as uncertain in proportion to the distance from its keyfra
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,43 +105,74 @@ def _uncertainty(shot: ShotPlan, record: ShotConfidence | None) -> tuple[np.ndar
 
 
 class _ShotState:
-    """Greedy state of one shot: residual uncertainty and keyframes (shot-local frames)."""
+    """Ranking state of one shot: uncertainty, keyframes and picks (shot-local frames)."""
 
     def __init__(self, shot: ShotPlan, record: ShotConfidence | None) -> None:
         self.shot = shot
         self.u, self.guessed = _uncertainty(shot, record)
         self.keys = sorted({k.frame - shot.start for k in shot.keyframes})
+        self.picks: list[int] = []
 
-    def _window(self, f: int) -> tuple[int, int, np.ndarray]:
-        """(a, b, w): the frames a < t < b a keyframe at f reaches, and its weights over them."""
+    def gain(self, picks: Sequence[int]) -> float:
+        """The modelled gain of colouring ``picks`` (frames' worth of uncertainty removed): each
+        pick f reaches the frames between its neighbours a < f < b among keyframes and picks,
+        with weight w = exp(-|t - f| / tau), tau = REACH x (b - a); frame t keeps u_t prod(1 - w)."""
         n = len(self.u)
-        a = max((k for k in self.keys if k < f), default=-1)
-        b = min((k for k in self.keys if k > f), default=n)
-        tau = max(1.0, REACH * (b - a))
-        t = np.arange(a + 1, b)
-        return a, b, np.exp(-np.abs(t - f) / tau)
+        marks = sorted({*self.keys, *picks})
+        keep = np.ones(n)
+        for f in picks:
+            i = marks.index(f)
+            a = marks[i - 1] if i > 0 else -1
+            b = marks[i + 1] if i + 1 < len(marks) else n
+            tau = max(1.0, REACH * (b - a))
+            keep[a + 1 : b] *= 1.0 - np.exp(-np.abs(np.arange(a + 1, b) - f) / tau)
+        return float(self.u @ (1.0 - keep))
+
+    def _allowed(self, others: Sequence[int]) -> list[int]:
+        """Frames that may be picked beside keyframes and ``others``: MIN_GAP from each."""
+        taken = [*self.keys, *others]
+        return [f for f in range(len(self.u)) if all(abs(f - k) >= MIN_GAP for k in taken)]
 
     def best(self) -> tuple[float, int] | None:
-        """(gain, shot-local frame) of the best next pick, None when no frame may be picked."""
+        """(marginal gain, shot-local frame) of the best next pick, None when none may be picked."""
+        now = self.gain(self.picks)
         best: tuple[float, int] | None = None
-        for f in range(len(self.u)):
-            if any(abs(f - k) < MIN_GAP for k in self.keys):
-                continue
-            a, b, w = self._window(f)
-            gain = float(self.u[a + 1 : b] @ w)
+        for f in self._allowed(self.picks):
+            gain = self.gain([*self.picks, f]) - now
             if best is None or gain > best[0] + 1e-9:
                 best = (gain, f)
         return best
 
-    def take(self, gain: float, f: int) -> Suggestion:
-        """Colour frame f (in the model): reduce the uncertainty it reaches, make it a keyframe."""
-        distance = min((abs(f - k) for k in self.keys), default=len(self.u))
-        a, b, w = self._window(f)
-        guessed = float(self.guessed[f]) if np.isfinite(self.guessed[f]) else float(self.u[f])
-        self.u[a + 1 : b] *= 1.0 - w
-        self.u[f] = 0.0
-        self.keys = sorted([*self.keys, f])
-        return Suggestion(self.shot.start + f, self.shot.index, gain, guessed, int(distance))
+    def take(self, f: int) -> None:
+        """Add frame f to the picks."""
+        self.picks.append(f)
+
+    def refine(self, rounds: int = 20) -> None:
+        """Local search on the picks as a set: move each pick to the frame that maximises
+        :meth:`gain` with the others fixed, until no move helps (the greedy order places early
+        picks for fewer picks than are finally made)."""
+        for _ in range(rounds):
+            moved = False
+            for i in range(len(self.picks)):
+                others = self.picks[:i] + self.picks[i + 1 :]
+                now = self.gain(self.picks)
+                for f in self._allowed(others):
+                    trial = self.gain([*others, f])
+                    if trial > now + 1e-9:
+                        now, self.picks[i], moved = trial, f, True
+            if not moved:
+                return
+
+    def suggestions(self) -> list[Suggestion]:
+        """The picks, each with its share of the gain (what the set loses without it)."""
+        total = self.gain(self.picks)
+        out = []
+        for f in self.picks:
+            others = [p for p in self.picks if p != f]
+            distance = min((abs(f - k) for k in self.keys), default=len(self.u))
+            guessed = float(self.guessed[f]) if np.isfinite(self.guessed[f]) else float(self.u[f])
+            out.append(Suggestion(self.shot.start + f, self.shot.index, total - self.gain(others), guessed, distance))
+        return out
 
 
 def rank(
@@ -152,14 +187,13 @@ def rank(
     if (per_shot is None) == (budget is None):
         raise ValueError("give exactly one of per_shot and budget")
     states = [_ShotState(s, records.get(s.index)) for s in plan.shots]
-    picks: list[Suggestion] = []
     if per_shot is not None:
         for state in states:
             for _ in range(per_shot):
                 best = state.best()
                 if best is None:
                     break
-                picks.append(state.take(*best))
+                state.take(best[1])
     else:
         assert budget is not None
         bests = {i: st.best() for i, st in enumerate(states)}
@@ -170,8 +204,12 @@ def rank(
             _, i = max(candidates)
             best = bests[i]
             assert best is not None
-            picks.append(states[i].take(*best))
+            states[i].take(best[1])
             bests[i] = states[i].best()
+    picks = []
+    for state in states:
+        state.refine()
+        picks += state.suggestions()
     ordered = sorted(picks, key=lambda s: -s.gain)
     return [Suggestion(s.frame, s.shot, s.gain, s.guessed, s.distance, r) for r, s in enumerate(ordered, 1)]
 

@@ -4,9 +4,9 @@ Layout of ``<workdir>/`` (one per reel content, :func:`default_workdir`)::
 
     plan.json                 the keyframe plan (:func:`pipeline.keyframes.write_plan`)
     shots.json                the shots (:func:`pipeline.shots.write_json`)
-    lightness/<reel>-<w>x<h>.npy
-                              the reel's grey at working resolution, (frames, h, w) uint16
-                              (:func:`pipeline.color.work_grey_codes`), from prepare's one decode pass
+    lightness/<reel>-<w>x<h>-f32.npy
+                              the reel's grey at working resolution, (frames, h, w) float32 in [0, 1]
+                              (:func:`pipeline.color.work_grey`), from prepare's one decode pass
                               (:func:`lightness_path`); colorization reads it instead of decoding
     segments/shot-<i>-<key>.mkv|mov
                               shot i coloured: the source's luma codes + chroma in the output
@@ -66,7 +66,7 @@ CONFIDENCE = "confidence"
 LAST_RUN_NAME = "last-run.json"
 REVIEW_NAME = "review.html"
 SUGGESTED = "suggested"
-COLOUR_VERSION = 3
+COLOUR_VERSION = 4
 """Part of every shot key: raised with any change to the colour maths that changes pixels, so a
 work folder left by an older postprod is recomputed, not reused."""
 WORK_ROOT = Path("postprod-work")
@@ -199,10 +199,10 @@ def segment_path(workdir: Path, plan: Plan, shot_index: int, settings: RunSettin
 
 
 def lightness_path(workdir: Path, reel: Path, size: tuple[int, int]) -> Path:
-    """``<workdir>/lightness/<fingerprint[:16]>-<w>x<h>.npy``: the reel's grey at working
+    """``<workdir>/lightness/<fingerprint[:16]>-<w>x<h>-f32.npy``: the reel's grey at working
     resolution ``size`` (h, w), written once by :func:`pipeline.run.prepare_run`."""
     h, w = size
-    return Path(workdir) / LIGHTNESS / f"{reel_fingerprint(reel)[:16]}-{w}x{h}.npy"
+    return Path(workdir) / LIGHTNESS / f"{reel_fingerprint(reel)[:16]}-{w}x{h}-f32.npy"
 
 
 # --- one run at a time ---------------------------------------------------------------------

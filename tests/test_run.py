@@ -198,17 +198,17 @@ def test_prores_run_joins_segments_and_a_grey_shot_by_remux(cut_run: tuple[Path,
 def test_lightness_comes_from_the_analysis_pass(cut_run: tuple[Path, Path, Recorder]) -> None:
     """The stored working-resolution grey is the decoded luma brought to that size (as the
     propagation read it from a decode of its own)."""
-    from pipeline.color import GREY_SCALE, codes_to_luma
+    from pipeline.color import codes_to_luma
     from pipeline.images import resize_planes
 
     reel, work, _ = cut_run
     info = probe(reel)
     (path,) = (work / "lightness").iterdir()
     stored = np.load(path)
-    assert stored.shape == (info.frames, 64, 96) and stored.dtype == np.uint16
+    assert stored.shape == (info.frames, 64, 96) and stored.dtype == np.float32
     for f in iter_frames(reel):
         grey = resize_planes(codes_to_luma(f.luma, info.bit_depth, info.luma_range)[None], (64, 96))[0]
-        assert np.abs(stored[f.index] / GREY_SCALE - grey).max() < 1e-4
+        assert np.array_equal(stored[f.index], grey)
 
 
 def test_no_terminal_prints_one_line_per_shot(tmp_path: Path) -> None:
