@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -756,19 +757,31 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(0.02)
 
 
-def interrupt_when(proc: subprocess.Popen, predicate: Callable[[], bool], sig: int) -> tuple[int, str]:
-    """Stop ``proc`` once ``predicate`` holds, send ``sig``, let it go on; (exit code, stderr)."""
-    try:
-        wait_for(predicate, proc)
-        proc.send_signal(signal.SIGSTOP)  # frozen while the partial exists: no race with the end
-        proc.send_signal(sig)
-        proc.send_signal(signal.SIGCONT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err
+def interrupt_when(
+    start: Callable[[], subprocess.Popen], predicate: Callable[[], bool], sig: int, attempts: int = 3
+) -> tuple[int, str]:
+    """Start a process (``start``), freeze it once ``predicate`` holds, send ``sig``, let it go
+    on; (exit code, stderr). If the predicate no longer holds once the process is frozen (it got
+    past that moment between the check and the freeze, on a loaded machine), the run proves
+    nothing: it is finished and the command started again (at most ``attempts`` times)."""
+    for _ in range(attempts):
+        proc = start()
+        try:
+            wait_for(predicate, proc)
+            proc.send_signal(signal.SIGSTOP)  # frozen while the partial exists: no race with the end
+            if not predicate():
+                proc.send_signal(signal.SIGCONT)
+                proc.communicate(timeout=120)
+                continue
+            proc.send_signal(sig)
+            proc.send_signal(signal.SIGCONT)
+            _, err = proc.communicate(timeout=120)
+            return proc.returncode, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    raise AssertionError(f"the command got past the moment to interrupt {attempts} times")
 
 
 @pytest.fixture(scope="module")
@@ -789,14 +802,19 @@ def test_sigterm_and_sigint_remove_partials_and_exit_128_plus_the_signal(
 ) -> None:
     (tmp_path / "keep.txt").write_text("keep")
     before = tree(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "transcode", str(long_clip.path), "--codec", "prores"]
-        + ["--out", str(tmp_path / "o.mov")],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_for_subprocess(),
-    )
-    returncode, err = interrupt_when(proc, lambda: any(".partial-" in n for n in os.listdir(tmp_path)), sig)
+
+    def start() -> subprocess.Popen:
+        for done in tmp_path.glob("o.mov"):  # a run that got past the moment to interrupt
+            done.unlink()
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "transcode", str(long_clip.path), "--codec", "prores"]
+            + ["--out", str(tmp_path / "o.mov")],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env_for_subprocess(),
+        )
+
+    returncode, err = interrupt_when(start, lambda: any(".partial-" in n for n in os.listdir(tmp_path)), sig)
     assert returncode == code and err.strip().splitlines()[-1] == line, err
     assert "Traceback" not in err and tree(tmp_path) == before  # the partial is gone, nothing else touched
 
@@ -804,15 +822,20 @@ def test_sigterm_and_sigint_remove_partials_and_exit_128_plus_the_signal(
 def test_sigterm_during_run_leaves_no_partial_in_the_work_folder(tmp_path: Path, cut_reel: tuple[Path, Path]) -> None:
     reel, refs = cut_reel
     work = tmp_path / "w"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", "--engine", "local", "--reel", str(reel), "--refs", str(refs),
-         "--codec", "ffv1", "--out", str(tmp_path / "o.mkv"), "--workdir", str(work), "--device", "cpu",
-         "--work-size", "64"],
-        stderr=subprocess.PIPE, text=True, env=env_for_subprocess(),
-    )  # fmt: skip
+
+    def start() -> subprocess.Popen:
+        shutil.rmtree(work, ignore_errors=True)  # a run that got past the moment to interrupt
+        (tmp_path / "o.mkv").unlink(missing_ok=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "run", "--engine", "local", "--reel", str(reel), "--refs", str(refs),
+             "--codec", "ffv1", "--out", str(tmp_path / "o.mkv"), "--workdir", str(work), "--device", "cpu",
+             "--work-size", "64"],
+            stderr=subprocess.PIPE, text=True, env=env_for_subprocess(),
+        )  # fmt: skip
+
     segments = work / SEGMENTS
     returncode, err = interrupt_when(
-        proc, lambda: segments.is_dir() and any(".partial-" in n for n in os.listdir(segments)), signal.SIGTERM
+        start, lambda: segments.is_dir() and any(".partial-" in n for n in os.listdir(segments)), signal.SIGTERM
     )
     assert returncode == EXIT_TERMINATED and err.strip().splitlines()[-1] == "postprod: terminated (SIGTERM)", err
     assert not [n for n in os.listdir(segments) if ".partial-" in n] and not (tmp_path / "o.mkv").exists()
@@ -1052,10 +1075,14 @@ def test_sigterm_during_a_prefect_run_removes_partials_and_stops_the_server(
         env=prefect_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     segments = work / SEGMENTS
+
+    def partial() -> bool:
+        return segments.is_dir() and any(".partial-" in n for n in os.listdir(segments))
+
     try:
-        wait_for(lambda: segments.is_dir() and any(".partial-" in n for n in os.listdir(segments)), proc)
+        wait_for(partial, proc)
         servers = [c for c in children(proc.pid) if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text()]
-        returncode, err = interrupt_when(proc, lambda: True, signal.SIGTERM)
+        returncode, err = interrupt_when(lambda: proc, partial, signal.SIGTERM, attempts=1)
     finally:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
