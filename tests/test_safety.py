@@ -806,13 +806,19 @@ def test_sigterm_and_sigint_remove_partials_and_exit_128_plus_the_signal(
     def start() -> subprocess.Popen:
         for done in tmp_path.glob("o.mov"):  # a run that got past the moment to interrupt
             done.unlink()
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "transcode", str(long_clip.path), "--codec", "prores"]
-            + ["--out", str(tmp_path / "o.mov")],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env_for_subprocess(),
-        )
+        # A process started with SIGINT ignored (a shell's background job) passes that on, and
+        # postprod rightly keeps ignoring it: start the command with SIGINT at its default.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cli", "transcode", str(long_clip.path), "--codec", "prores"]
+                + ["--out", str(tmp_path / "o.mov")],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env_for_subprocess(),
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     returncode, err = interrupt_when(start, lambda: any(".partial-" in n for n in os.listdir(tmp_path)), sig)
     assert returncode == code and err.strip().splitlines()[-1] == line, err
