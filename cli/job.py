@@ -101,6 +101,11 @@ def plan(reel: Path, refs_dir: Path, json_out: Path | None, force: bool, missing
     show_default=True,
     help="prefect: as a Prefect flow (embedded server unless PREFECT_API_URL is set); local: plain Python.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    help="Shots coloured at once in this process; default one per core (at most 4) on a CPU, 1 on a GPU.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output (a file, or an image sequence postprod wrote).")
 @click.option(
     "--suggest",
@@ -119,6 +124,7 @@ def run(
     work_size: int,
     method: Method,
     engine: str,
+    jobs: int | None,
     force: bool,
     suggest_k: int | None,
 ) -> None:
@@ -132,11 +138,13 @@ def run(
     if engine == "local":
         from cli.progress import ReelProgress
 
-        result = run_reel(reel, refs, out, workdir=workdir, settings=settings, force=force, progress=ReelProgress())
+        result = run_reel(
+            reel, refs, out, workdir=workdir, settings=settings, force=force, progress=ReelProgress(), jobs=jobs
+        )
     else:
         from flows.reel import run_flow  # the Prefect wrapper of the same stages
 
-        result = run_flow(reel, refs, out, workdir=workdir, settings=settings, force=force)
+        result = run_flow(reel, refs, out, workdir=workdir, settings=settings, force=force, jobs=jobs)
     from cli.artist import suggest_frames
     from pipeline.review import read_run
     from pipeline.workdir import REVIEW_NAME

@@ -45,6 +45,7 @@ from flows.settings import (
 from flows.shot import ShotOutcome, one_line, outcome_of, read_outcome, shot_task
 from pipeline import review, run
 from pipeline.errors import PostprodError
+from pipeline.jobs import compute_threads, shot_jobs
 from pipeline.keyframes import Plan
 from pipeline.review import CONTACT_SHEET
 from pipeline.settings import RunSettings
@@ -98,11 +99,12 @@ def contact_sheet(plan_path: Path, segments: dict[int, Path | None], dest: Path)
 def _local_wave(
     wave: list[int], slots: int, plan_path: Path, workdir: Path, settings: RunSettings, on_done: OnDone
 ) -> tuple[dict[int, ShotOutcome], dict[int, str]]:
-    """Shots of ``wave`` as tasks of this flow, at most ``slots`` in flight; the caller holds
-    that many slots of the ``gpu`` limit."""
+    """Shots of ``wave`` as tasks of this flow, at most ``slots`` in flight, longest first; the
+    caller holds this process's slots of the ``gpu`` limit."""
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
-    pending: list[int] = list(wave)
+    shots = load_plan(plan_path).shots
+    pending: list[int] = sorted(wave, key=lambda i: shots[i].start - shots[i].end)
     running: dict[PrefectFuture, int] = {}
     while pending or running:
         while pending and len(running) < slots:
@@ -301,21 +303,25 @@ def colorize_reel(
     shot_deployment: str | None = None,
     poll_seconds: float = POLL_SECONDS,
     shots_per_run: int | None = None,
+    jobs: int | None = None,
 ) -> Path:
     """Colorize ``reel`` from the refs folder ``refs`` into ``out`` (codec from ``settings``).
 
-    ``workdir``: plan, segments and Prefect's shot cache (default ``pipeline.workdir.default_workdir``);
-    on a farm it must be on storage every worker mounts at the same path. ``shot_deployment``
-    (e.g. ``colorize-shot/colorize-shot``): run the shots as runs of that deployment instead of in
-    this process, ``shots_per_run`` shots per run (default :func:`shots_per_run_for`). Returns
-    ``out``; raises :class:`ReelIncomplete` (nothing written) when shots failed,
-    :class:`PostprodError` for bad inputs before any shot runs (:func:`pipeline.run.check_run_inputs`,
-    then the plan) or a work folder in use by another run (its ``run.lock`` is held while the flow runs).
+        ``workdir``: plan, segments and Prefect's shot cache (default ``pipeline.workdir.default_workdir``);
+        on a farm it must be on storage every worker mounts at the same path. ``shot_deployment``
+        (e.g. ``colorize-shot/colorize-shot``): run the shots as runs of that deployment instead of in
+        this process, ``shots_per_run`` shots per run (default :func:`shots_per_run_for`); else ``jobs``
+    shots at once in this process (default: ``pipeline.jobs.shot_jobs`` for the device). Returns
+        ``out``; raises :class:`ReelIncomplete` (nothing written) when shots failed,
+        :class:`PostprodError` for bad inputs before any shot runs (:func:`pipeline.run.check_run_inputs`,
+        then the plan) or a work folder in use by another run (its ``run.lock`` is held while the flow runs).
     """
     reel, out = Path(reel).resolve(), Path(out).resolve()
     workdir = run.check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force).resolve()
     with lock_workdir(workdir):
-        return _colorize_locked(reel, out, refs, workdir, settings, force, shot_deployment, poll_seconds, shots_per_run)
+        return _colorize_locked(
+            reel, out, refs, workdir, settings, force, shot_deployment, poll_seconds, shots_per_run, jobs
+        )
 
 
 def _colorize_locked(
@@ -328,6 +334,7 @@ def _colorize_locked(
     shot_deployment: str | None,
     poll_seconds: float,
     shots_per_run: int | None,
+    jobs: int | None,
 ) -> Path:
     """The body of :func:`colorize_reel`, its inputs checked and the work folder locked."""
     logger = get_run_logger()
@@ -335,8 +342,12 @@ def _colorize_locked(
     plan_file = prepare(reel, refs, workdir, settings)
     plan = load_plan(plan_file)
     limit = ensure_gpu_limit()
-    # in this process: this machine's GPUs (never more than the whole limit), held for all shots
+    # in this process: this machine's GPUs (never more than the whole limit), held for all shots,
+    # and the shots coloured at once (on a CPU, one per core: pipeline.jobs)
     slots = min(gpu_count(), limit)
+    from pipeline.colorize import resolve_device  # torch: once the plan is made
+
+    local_jobs = shot_jobs(resolve_device(settings.device), jobs)
     progress = ShotProgress(reel, len(plan.shots), frames=plan.frames)
     # on a farm: shot runs in flight at once, two per GPU of the farm (one computing, one queued)
     window = max(2 * limit, 2)
@@ -344,7 +355,9 @@ def _colorize_locked(
         "%s: %d shots in %s; work folder %s",
         reel.name,
         len(plan.shots),
-        f"deployment {shot_deployment} ({window} in flight)" if shot_deployment else f"this process ({slots} GPU(s))",
+        f"deployment {shot_deployment} ({window} in flight)"
+        if shot_deployment
+        else f"this process ({slots} GPU slot(s), {local_jobs.shots} shot(s) at once)",
         workdir,
     )
 
@@ -357,14 +370,14 @@ def _colorize_locked(
             size = shots_per_run or shots_per_run_for(len(todo), limit)
             farm = _FarmShots(shot_deployment, reel, plan_file, workdir, settings, window, size, on_done)
             return farm.run(todo, poll_seconds)
-        return _local_wave(todo, slots, plan_file, workdir, settings, on_done)
+        return _local_wave(todo, local_jobs.shots, plan_file, workdir, settings, on_done)
 
     outcomes: dict[int, ShotOutcome] = {}
     failures: dict[int, str] = {}
     reused = [
         s.index for s in plan.shots if s.source != "grey" and segment_path(workdir, plan, s.index, settings).exists()
     ]
-    with nullcontext() if shot_deployment else gpu_slots(slots):
+    with nullcontext() if shot_deployment else gpu_slots(slots), compute_threads(local_jobs):
         for wave in run.shot_waves(plan):
             blocked = _blocked(plan, wave, failures)
             failures.update(blocked)
@@ -420,6 +433,7 @@ def run_flow(
     workdir: Path | None = None,
     settings: RunSettings = RunSettings(),
     force: bool = False,
+    jobs: int | None = None,
 ) -> Path:
     """``postprod run --engine prefect``: the ``colorize-reel`` flow in this process, on the server
     at ``PREFECT_API_URL`` if set, else on Prefect's embedded server (SQLite in ``PREFECT_HOME``).
@@ -435,6 +449,7 @@ def run_flow(
                 workdir=None if workdir is None else Path(workdir),
                 settings=settings,
                 force=force,
+                jobs=jobs,
             )
         finally:
             quiet_embedded_server_exit()

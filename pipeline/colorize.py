@@ -5,6 +5,7 @@ The single entry point for still images; video keyframes use the same function.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -39,18 +40,40 @@ def resolve_device(device: Device | str | torch.device = "auto") -> torch.device
     return torch.device(device)
 
 
-@lru_cache(maxsize=4)
+_LOADING = threading.Lock()
+"""Held while a shared model loads: shots coloured at once ask for it together."""
+
+
 def shared_vgg16(device: torch.device) -> VGG16Features:
     """The frozen VGG-16 feature extractor on ``device``, loaded once per process and shared by
-    every colorizer (keyframes, the propagation's attention term, stills)."""
+    every colorizer (keyframes, the propagation's attention term, stills) and every thread."""
+    with _LOADING:
+        return _vgg16(device)
+
+
+def shared_colornet(device: torch.device) -> ColorNet:
+    """The trained exemplar network (bundled weights) on ``device``, loaded once per process and
+    shared by every thread."""
+    with _LOADING:
+        return _colornet(device)
+
+
+def clear_shared_models() -> None:
+    """Forget the shared models (the next call loads them again; their memory goes once unused)."""
+    with _LOADING:
+        _vgg16.cache_clear()
+        _colornet.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _vgg16(device: torch.device) -> VGG16Features:
     from model.features import load_vgg16
 
     return load_vgg16(device=device)
 
 
 @lru_cache(maxsize=4)
-def shared_colornet(device: torch.device) -> ColorNet:
-    """The trained exemplar network (bundled weights) on ``device``, loaded once per process."""
+def _colornet(device: torch.device) -> ColorNet:
     from model.net import load_colornet
 
     return load_colornet(device=device)

@@ -155,21 +155,15 @@ class ShotColourer:
         if luma.dtype != np.uint8:  # torch has no arithmetic on uint16
             luma = luma.view(np.int16) if frame.bit_depth < 16 else luma.astype(np.int32)
         sx, sy, depth = layout
-        threads = torch.get_num_threads()
-        if self.device.type == "cpu":  # one thread: measured faster on a busy CPU (bench/README.md)
-            torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                codes = full_chroma_codes(
-                    torch.from_numpy(luma).to(self.device),
-                    torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32)).to(self.device),
-                    torch.as_tensor(ab).to(self.device),
-                    bit_depth=frame.bit_depth,
-                    color_range=self.info.luma_range,
-                    matrix=self.info.matrix,
-                    out_depth=depth,
-                    subsampling=(sx, sy),
-                )
-                return codes.cpu().numpy()
-        finally:
-            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            codes = full_chroma_codes(
+                torch.from_numpy(luma).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32)).to(self.device),
+                torch.as_tensor(ab).to(self.device),
+                bit_depth=frame.bit_depth,
+                color_range=self.info.luma_range,
+                matrix=self.info.matrix,
+                out_depth=depth,
+                subsampling=(sx, sy),
+            )
+            return codes.cpu().numpy()

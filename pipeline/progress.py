@@ -3,7 +3,9 @@
 ``pipeline.run`` calls it; drawing it (a terminal bar, log lines) is the CLI's business
 (``cli.progress``). Units are frames of the reel; a shot's propagation reports each step of
 each of its two passes (:data:`pipeline.propagate.StepCallback`: ``total`` = 2 x the shot's
-length), so half a frame a step.
+length), so half a frame a step. Several shots may be in flight at once
+(``pipeline.run.colorize_wave``), each reporting from its own thread: a receiver that keeps
+state must hold a lock.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ class Progress(Protocol):
     def shot(self, index: int, frames: int) -> None:
         """Shot ``index`` (``frames`` long) starts: its keyframes are colorized before the first step."""
 
-    def step(self, done: int, total: int) -> None:
-        """The current shot's propagation: ``done`` of ``total`` steps (two passes of its frames)."""
+    def step(self, index: int, done: int, total: int) -> None:
+        """Shot ``index``'s propagation: ``done`` of ``total`` steps (two passes of its frames)."""
 
     def shot_done(self, index: int) -> None:
         """Shot ``index`` is written (its segment is complete)."""
@@ -45,8 +47,8 @@ class Silent:
     def shot(self, index: int, frames: int) -> None:
         del index, frames
 
-    def step(self, done: int, total: int) -> None:
-        del done, total
+    def step(self, index: int, done: int, total: int) -> None:
+        del index, done, total
 
     def shot_done(self, index: int) -> None:
         del index

@@ -28,7 +28,9 @@ few full-resolution frames, whatever the reel's length.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from pipeline.color import luma_table, work_grey
 from pipeline.confidence import ConfidenceRecorder, confidence_path
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
+from pipeline.jobs import compute_threads, shot_jobs
 from pipeline.keyframes import Plan, ShotPlan, plan_keyframes, write_plan
 from pipeline.media.decode import Frame, iter_frames
 from pipeline.media.encode import REMUX_CODECS, ReelWriter, check_output
@@ -59,9 +62,11 @@ from pipeline.workdir import (
 
 __all__ = [
     "RunSettings",
+    "ShotStopped",
     "assemble",
     "check_run_inputs",
     "colorize_shot",
+    "colorize_wave",
     "prepare_run",
     "run_reel",
     "shot_waves",
@@ -194,14 +199,26 @@ def shot_waves(plan: Plan) -> list[list[int]]:
     return [w for w in (first, second) if w]
 
 
+class ShotStopped(Exception):
+    """A shot stopped before its end because the run is stopping (``stop`` of :func:`colorize_shot`)."""
+
+
 def colorize_shot(
-    plan: Plan, shot_index: int, workdir: Path, settings: RunSettings, *, progress: Progress = SILENT
+    plan: Plan,
+    shot_index: int,
+    workdir: Path,
+    settings: RunSettings,
+    *,
+    progress: Progress = SILENT,
+    stop: threading.Event | None = None,
 ) -> Path | None:
     """Colorize shot ``shot_index`` into its segment; None for a shot left grey.
 
     The shot's lightness comes from the work folder (:func:`shot_grey`); the reel is decoded
     once, for the full-resolution luma written with the chroma. An existing segment is returned
-    untouched (it was written atomically, so it is complete).
+    untouched (it was written atomically, so it is complete). ``stop``: when set (another shot
+    of the run failed, or the run was interrupted), the shot raises :class:`ShotStopped` at its
+    next frame and writes nothing.
     """
     shot = plan.shots[shot_index]
     if shot.source == "grey":
@@ -214,15 +231,25 @@ def colorize_shot(
 
     info = probe(plan.reel)
     engine = ShotColourer(info, settings)
+
+    def check() -> None:
+        if stop is not None and stop.is_set():
+            raise ShotStopped(f"shot {shot_index} stopped")
+
+    def step(done: int, total: int) -> None:
+        check()
+        progress.step(shot_index, done, total)
+
     progress.shot(shot_index, shot.end - shot.start)
     keys = {k.frame: engine.keyframe_ab(plan, k, workdir) for k in shot.keyframes}
     artist = {k.frame: k.image for k in shot.keyframes if k.kind == "coloured" and k.image is not None}
     grey = shot_grey(plan, shot, workdir, info, engine.work)
-    coloured = engine.propagate(grey, shot, keys, on_step=progress.step)
+    coloured = engine.propagate(grey, shot, keys, on_step=step)
     record = ConfidenceRecorder(shot.start)
     with ReelWriter(dest, info, segment_codec(settings.codec), copy_audio=False) as writer:
         layout = writer.chroma_layout
         for frame, out in zip(iter_frames(plan.reel, shot.start, shot.end), coloured, strict=True):
+            check()
             record.add(out.confidence)
             image = artist.get(frame.index)
             if image is None:
@@ -289,6 +316,42 @@ def assemble(
     return Path(out)
 
 
+def colorize_wave(
+    plan: Plan,
+    wave: list[int],
+    workdir: Path,
+    settings: RunSettings,
+    shots_at_once: int = 1,
+    *,
+    progress: Progress = SILENT,
+) -> dict[int, Path | None]:
+    """The shots of ``wave`` (independent of one another) by :func:`colorize_shot`, up to
+    ``shots_at_once`` at once in threads of this process (sharing its models), longest shot
+    first so that the last ones to finish are short; shot index -> segment (None: left grey).
+
+    The first shot to fail stops the others at their next frame (nothing half-written: each
+    segment appears only when complete) and its error is raised; so is an interrupt (Ctrl-C),
+    once the shots in flight have stopped."""
+    if shots_at_once <= 1 or len(wave) <= 1:
+        return {i: colorize_shot(plan, i, workdir, settings, progress=progress) for i in wave}
+    order = sorted(wave, key=lambda i: plan.shots[i].start - plan.shots[i].end)  # longest first
+    stop = threading.Event()
+    done: dict[int, Path | None] = {}
+    with ThreadPoolExecutor(max_workers=shots_at_once, thread_name_prefix="postprod-shot") as pool:
+        futures = {
+            pool.submit(colorize_shot, plan, i, workdir, settings, progress=progress, stop=stop): i for i in order
+        }
+        try:
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+    return {i: done[i] for i in wave}
+
+
 def run_reel(
     reel: Path,
     refs: Path | None,
@@ -298,11 +361,14 @@ def run_reel(
     settings: RunSettings = RunSettings(),
     force: bool = False,
     progress: Progress = SILENT,
+    jobs: int | None = None,
 ) -> Path:
     """The whole job in this process: inputs checked (:func:`check_run_inputs`), then, holding
-    the work folder's lock, prepare, every shot wave by wave, assemble; then the run's record
-    (``last-run.json``: shots redone and reused) and review page (``review.html``) in the work
-    folder. ``progress`` hears every stage (:class:`pipeline.progress.Progress`)."""
+    the work folder's lock, prepare, every shot wave by wave (``jobs`` shots at once, None:
+    :func:`pipeline.jobs.shot_jobs` for the device; see :func:`colorize_wave`), assemble; then
+    the run's record (``last-run.json``: shots redone and reused) and review page
+    (``review.html``) in the work folder. ``progress`` hears every stage
+    (:class:`pipeline.progress.Progress`)."""
     workdir = check_run_inputs(reel, refs, out, workdir=workdir, settings=settings, force=force)
     with lock_workdir(workdir):
         plan = prepare_run(reel, refs, workdir, settings)
@@ -313,9 +379,12 @@ def run_reel(
         segments: dict[int, Path | None] = {}
         redo = {s.index for s in todo}
         reused = [s.index for s in plan.shots if s.source != "grey" and s.index not in redo]
-        for wave in shot_waves(plan):
-            for i in wave:
-                segments[i] = colorize_shot(plan, i, workdir, settings, progress=progress)
+        from pipeline.colorize import resolve_device  # torch: after the checks
+
+        plan_jobs = shot_jobs(resolve_device(settings.device), jobs)
+        with compute_threads(plan_jobs):
+            for wave in shot_waves(plan):
+                segments.update(colorize_wave(plan, wave, workdir, settings, plan_jobs.shots, progress=progress))
         result = assemble(
             plan, segments, out, settings, workdir=workdir, force=force, progress=progress, inputs=(refs, workdir)
         )

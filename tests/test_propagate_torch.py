@@ -376,7 +376,7 @@ def test_models_are_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp
     # the demo reel: three shots, exemplar keyframes (one with object masks) and the attention
     # term in every shot; VGG-16 must be read from disk once for all of them
     import model.features
-    from pipeline.colorize import shared_colornet, shared_vgg16
+    from pipeline.colorize import clear_shared_models
     from pipeline.run import RunSettings, run_reel
 
     demo = Path(__file__).resolve().parents[1] / "examples" / "demo"
@@ -388,8 +388,7 @@ def test_models_are_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(model.features, "load_vgg16", counted)
-    shared_vgg16.cache_clear()
-    shared_colornet.cache_clear()
+    clear_shared_models()
     try:
         out = tmp_path / "demo.mkv"
         run_reel(
@@ -401,7 +400,7 @@ def test_models_are_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp
         )
         assert out.exists()
     finally:
-        shared_vgg16.cache_clear()
+        clear_shared_models()
     assert loads == ["vgg16"], loads
 
 
