@@ -14,6 +14,7 @@ Colour spaces: keyframes and propagation work in CIE Lab at the working resoluti
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from pipeline.color import (
 from pipeline.colorize import Exemplar, colorize_still, resolve_device
 from pipeline.errors import PostprodError
 from pipeline.images import read_colour, read_mask, resize_planes
+from pipeline.jobs import one_torch_thread
 from pipeline.keyframes import Keyframe, Plan, ShotPlan
 from pipeline.media.decode import Frame, iter_frames
 from pipeline.media.probe import ReelInfo
@@ -155,7 +157,8 @@ class ShotColourer:
         if luma.dtype != np.uint8:  # torch has no arithmetic on uint16
             luma = luma.view(np.int16) if frame.bit_depth < 16 else luma.astype(np.int32)
         sx, sy, depth = layout
-        with torch.inference_mode():
+        # one thread on a CPU: measured faster (bench/README.md)
+        with one_torch_thread() if self.device.type == "cpu" else nullcontext(), torch.inference_mode():
             codes = full_chroma_codes(
                 torch.from_numpy(luma).to(self.device),
                 torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32)).to(self.device),

@@ -8,7 +8,8 @@ every core splitting each operation (figures in bench/README.md, "Reels end to e
 one shot at a time is the default: a shot keeps the device busy, and two would share its memory.
 
 :func:`shot_jobs` decides; :func:`compute_threads` applies the thread counts for the duration
-of a run (torch's intra-op threads and OpenCV's are process-wide).
+of a run (torch's intra-op threads and OpenCV's are process-wide); :func:`one_torch_thread`
+lowers torch's to one around work that runs faster so on a CPU.
 """
 
 from __future__ import annotations
@@ -77,4 +78,36 @@ def compute_threads(jobs: Jobs) -> Iterator[None]:
         cv2.setNumThreads(cv_before)
 
 
-__all__ = ["MAX_AUTO_JOBS", "Jobs", "available_cores", "compute_threads", "shot_jobs"]
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch at one intra-op thread inside the block, in the calling thread (full-resolution
+    chroma on a CPU: many small operations on large planes, faster on one thread than split,
+    bench/README.md). A thread that has set its own count (:func:`pin_threads`) keeps it while
+    another is in this block."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def pin_threads(threads: int) -> None:
+    """Give the calling thread its own torch thread count (a thread that never set one follows
+    the last count set by any thread): the initializer of the threads that colour shots."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+__all__ = [
+    "MAX_AUTO_JOBS",
+    "Jobs",
+    "available_cores",
+    "compute_threads",
+    "one_torch_thread",
+    "pin_threads",
+    "shot_jobs",
+]

@@ -39,7 +39,7 @@ from pipeline.color import luma_table, work_grey
 from pipeline.confidence import ConfidenceRecorder, confidence_path
 from pipeline.errors import PostprodError
 from pipeline.files import atomic_output, check_destination
-from pipeline.jobs import compute_threads, shot_jobs
+from pipeline.jobs import compute_threads, pin_threads, shot_jobs
 from pipeline.keyframes import Plan, ShotPlan, plan_keyframes, write_plan
 from pipeline.media.decode import Frame, iter_frames
 from pipeline.media.encode import REMUX_CODECS, ReelWriter, check_output
@@ -337,7 +337,10 @@ def colorize_wave(
     order = sorted(wave, key=lambda i: plan.shots[i].start - plan.shots[i].end)  # longest first
     stop = threading.Event()
     done: dict[int, Path | None] = {}
-    with ThreadPoolExecutor(max_workers=shots_at_once, thread_name_prefix="postprod-shot") as pool:
+    import torch
+
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(shots_at_once, "postprod-shot", initializer=pin_threads, initargs=(threads,)) as pool:
         futures = {
             pool.submit(colorize_shot, plan, i, workdir, settings, progress=progress, stop=stop): i for i in order
         }

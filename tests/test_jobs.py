@@ -138,3 +138,31 @@ def test_the_terminal_line_shows_the_shots_in_flight() -> None:
     assert bar.status() == "shots 1-2/3 (propagating)  7/30 frames  0.7 frames/s  ETA 33s"
     bar.shot_done(4)
     assert bar.status().startswith("shot 2/3 (propagating)  12/30 frames")
+
+
+def test_one_torch_thread_leaves_other_shot_threads_alone() -> None:
+    from pipeline.jobs import one_torch_thread, pin_threads
+
+    seen: dict[str, int] = {}
+    inside, leave = threading.Event(), threading.Event()
+
+    def toggler() -> None:
+        pin_threads(2)
+        with one_torch_thread():
+            seen["inside"] = torch.get_num_threads()
+            inside.set()
+            leave.wait(10)
+        seen["after"] = torch.get_num_threads()
+
+    def neighbour() -> None:
+        pin_threads(2)
+        inside.wait(10)
+        seen["neighbour"] = torch.get_num_threads()
+        leave.set()
+
+    threads = [threading.Thread(target=toggler), threading.Thread(target=neighbour)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"inside": 1, "neighbour": 2, "after": 2}

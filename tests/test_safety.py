@@ -646,7 +646,9 @@ def test_disk_full_in_run_leaves_the_work_folder_resumable(
     with monkeypatch.context() as m:  # the disk fills while shot 1 is being written
         m.setattr(ReelWriter, "write", full_after(4, lambda w: w.dest.name.startswith("shot-0001")))
         with pytest.raises(PostprodError, match=r"^no space left on .* while writing .*shot-0001-\w+\.mkv$"):
-            run_reel(reel, refs, out, workdir=work, settings=settings)
+            # one shot at a time: shot 0 is finished when shot 1 fills the disk (shots coloured at
+            # once stop together at the first failure: tests/test_jobs.py)
+            run_reel(reel, refs, out, workdir=work, settings=settings, jobs=1)
     segments = sorted(p.name for p in (work / SEGMENTS).iterdir())
     assert len(segments) == 1 and segments[0].startswith("shot-0000-") and not out.exists()
     done = (work / SEGMENTS / segments[0]).stat().st_mtime_ns
@@ -1034,8 +1036,17 @@ def test_a_run_connects_to_nothing_but_127_0_0_1(tmp_path: Path, cut_reel: tuple
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        found += [int(c) for c in (task / "children").read_text().split()]
+        with suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            found += [int(c) for c in (task / "children").read_text().split()]
     return found
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, empty once it has ended (a child may end between listing and reading)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def gone(pid: int) -> bool:
@@ -1056,8 +1067,8 @@ def test_sigkilled_run_leaves_no_embedded_server_running(tmp_path: Path, cut_ree
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for(lambda: any("uvicorn" in Path(f"/proc/{c}/cmdline").read_text() for c in children(proc.pid)), proc)
-        server = next(c for c in children(proc.pid) if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text())
+        wait_for(lambda: any("uvicorn" in cmdline(c) for c in children(proc.pid)), proc)
+        server = next(c for c in children(proc.pid) if "uvicorn" in cmdline(c))
         os.kill(proc.pid, signal.SIGKILL)  # postprod only, not its process group
         proc.wait()
         deadline = time.monotonic() + 60
@@ -1087,7 +1098,7 @@ def test_sigterm_during_a_prefect_run_removes_partials_and_stops_the_server(
 
     try:
         wait_for(partial, proc)
-        servers = [c for c in children(proc.pid) if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text()]
+        servers = [c for c in children(proc.pid) if "uvicorn" in cmdline(c)]
         returncode, err = interrupt_when(lambda: proc, partial, signal.SIGTERM, attempts=1)
     finally:
         with suppress(ProcessLookupError):
