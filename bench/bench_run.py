@@ -24,15 +24,16 @@ process, see ``bench.toolkit.run_postprod``). Then:
 ``--size 1920x1080``: the frames (grey reel, refs and the truth scored against) upscaled
 (bicubic) to that size. ``--base CHECKOUT``: the same reel also through another checkout's
 ``postprod`` (a ``git worktree`` of an earlier commit), in the same run, side by side.
-``--profile``: this checkout's run once more, under cProfile, and a table of the time per stage (decode,
-shot features, lightness, keyframes, flow, refine, attention, full-resolution chroma, encode,
-remux) as a share of the wall time; cProfile slows Python-heavy code, so the shares, not the
-seconds, are the figure. ``--in-process``: ``pipeline.run.run_reel`` in this process instead
-of ``postprod`` (no CLI, no Prefect: what ``bench/gpu_check.sh`` runs on a bare GPU machine);
-with ``--device cuda`` also the GPU's busy time (torch.profiler: the CUDA kernels' time over
-the wall time) and the peak GPU memory (``torch.cuda.max_memory_allocated``). ``--synthetic``:
-a generated reel of two 12-frame shots (``pipeline.media.synth.write_cut_reel``, at ``--size``,
-default 192x128; one shot above a megapixel) with exemplars, checked but not scored, for when there is no DAVIS folder.
+``--profile``: this checkout's run once more, under cProfile with ``--jobs 1``, and a table of
+the time per stage (decode, shot features, lightness, keyframes, flow, refine, attention,
+full-resolution chroma, encode, remux) as a share of the wall time; cProfile slows Python-heavy
+code, so the shares, not the seconds, are the figure. ``--in-process``:
+``pipeline.run.run_reel`` in this process instead of ``postprod`` (no CLI, no Prefect: what
+``bench/gpu_check.sh`` runs on a bare GPU machine); with ``--device cuda`` also the GPU's busy
+time (torch.profiler: the CUDA kernels' time over the wall time) and the peak GPU memory
+(``torch.cuda.max_memory_allocated``). ``--synthetic``: a generated reel of two 12-frame shots
+(``pipeline.media.synth.write_cut_reel``, at ``--size``, default 192x128; one shot above a
+megapixel) with exemplars, checked but not scored, for when there is no DAVIS folder.
 ``--memory-check`` also runs the same reel 4 times longer (sequences repeated, refs for every
 shot) and reports both peak memories. DAVIS is for evaluation only.
 """

@@ -482,7 +482,8 @@ def run_postprod(
 
     ``device``: ``--device``; ``checkout``: run that checkout's code (its root becomes the current
     folder, so ``-m cli`` imports it; paths must be absolute), default this one; ``profile``:
-    run under cProfile, its statistics written there."""
+    run under cProfile, its statistics written there (one shot at a time: cProfile sees only the
+    thread that started it)."""
     cmd = [
         sys.executable,
         *(["-m", "cProfile", "-o", str(profile)] if profile is not None else []),
@@ -505,6 +506,7 @@ def run_postprod(
         str(work_size),
         "--engine",
         engine,
+        *(["--jobs", "1"] if profile is not None else []),  # cProfile sees only the main thread
     ]
     log = workdir.parent / f"{out.stem}.log"
     started = time.perf_counter()
